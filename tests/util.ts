@@ -1,5 +1,8 @@
 // Shared test helpers: a seeded RNG, float64 comparison with stated tolerances, the shared engine.
 import { Engine, getEngine } from "../engine/engine.ts";
+import { quietMesa } from "../cli.ts";
+
+quietMesa();
 
 /** The engine every GPU test shares (one device per test process). Fails loudly without an adapter. */
 export function testEngine(): Promise<Engine> {
