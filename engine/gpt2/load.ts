@@ -1,0 +1,98 @@
+// Builds a Gpt2Model from a config and a tensor source in Hugging Face naming. Runtime-neutral: the
+// Deno folder loader (folder.ts) and the browser's fetch loader both hand it a `TensorSource`.
+import type { Engine } from "../engine.ts";
+import { shapeStr } from "../tensor.ts";
+import type { Gpt2Config } from "./config.ts";
+import { expectedWeightShapes, Gpt2Model, type Gpt2Weights } from "./model.ts";
+
+export interface TensorSource {
+  /** Tensor names and shapes as stored. */
+  tensors: Map<string, { shape: number[]; dtype: string }>;
+  /** Reads one float tensor (any float dtype) as f32. */
+  read(name: string): Float32Array;
+  /** Where the tensors come from, for error messages. */
+  describe(name: string): string;
+}
+
+export class CheckpointError extends Error {
+  override name = "CheckpointError";
+}
+
+/** HF buffers that are not parameters (causal mask tables); safe to ignore. */
+const IGNORED = /(^|\.)attn\.(bias|masked_bias)$/;
+
+/** Canonical name: without the `transformer.` prefix that GPT2LMHeadModel checkpoints carry. */
+export function canonicalName(name: string): string {
+  return name.startsWith("transformer.") ? name.slice("transformer.".length) : name;
+}
+
+/** Checks every needed tensor exists with the right shape; returns canonical name → stored name. */
+export function mapCheckpoint(config: Gpt2Config, src: TensorSource): Map<string, string> {
+  const stored = new Map<string, string>();
+  for (const name of src.tensors.keys()) {
+    if (IGNORED.test(name)) continue;
+    const canon = canonicalName(name);
+    if (stored.has(canon)) {
+      throw new CheckpointError(
+        `${src.describe(name)}: tensor '${canon}' appears twice (with and without 'transformer.')`,
+      );
+    }
+    stored.set(canon, name);
+  }
+  for (const [canon, shape] of expectedWeightShapes(config)) {
+    const name = stored.get(canon);
+    if (!name) {
+      throw new CheckpointError(
+        `checkpoint has no tensor '${canon}' (nor 'transformer.${canon}') needed by its config ` +
+          `(${config.nLayer} layers, d=${config.nEmbd}); is it a GPT-2 checkpoint?`,
+      );
+    }
+    const got = src.tensors.get(name)!.shape;
+    if (got.join(",") !== shape.join(",")) {
+      throw new CheckpointError(
+        `${src.describe(name)}: tensor '${name}' has shape ${shapeStr(got)}, the config needs ${
+          shapeStr(shape)
+        }`,
+      );
+    }
+  }
+  const lm = stored.get("lm_head.weight");
+  if (lm) {
+    const got = src.tensors.get(lm)!.shape;
+    if (got.join(",") !== [config.vocabSize, config.nEmbd].join(",")) {
+      throw new CheckpointError(`${src.describe(lm)}: lm_head.weight has shape ${shapeStr(got)}`);
+    }
+  }
+  return stored;
+}
+
+/**
+ * Uploads the weights. `lm_head.weight` is used only when the config unties it; GPT-2 ties the
+ * unembedding to `wte` and HF checkpoints store either both (equal) or just `wte`.
+ */
+export function buildGpt2(
+  engine: Engine,
+  config: Gpt2Config,
+  src: TensorSource,
+  opts: { tied?: boolean; onTensor?: (done: number, total: number) => void } = {},
+): Gpt2Model {
+  const names = mapCheckpoint(config, src);
+  const wanted = [...expectedWeightShapes(config).keys()];
+  if (opts.tied === false && names.has("lm_head.weight")) wanted.push("lm_head.weight");
+  const weights: Gpt2Weights = new Map();
+  try {
+    wanted.forEach((canon, i) => {
+      const name = names.get(canon)!;
+      const shape = src.tensors.get(name)!.shape;
+      const data = src.read(name);
+      const t = engine.upload(data, shape);
+      engine.keep(t);
+      weights.set(canon, t);
+      opts.onTensor?.(i + 1, wanted.length);
+    });
+  } catch (e) {
+    for (const t of weights.values()) t.dispose();
+    throw e;
+  }
+  return new Gpt2Model(engine, config, weights);
+}
