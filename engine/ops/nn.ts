@@ -1,0 +1,116 @@
+// Normalisation and activation ops: layerNorm (with the per-row statistics the backward pass needs),
+// GPT-2's tanh GELU and its derivative, softmax and log-softmax over the last dimension.
+// Tensors larger than one storage binding are processed in chunks of whole rows (elements for GELU).
+import { flatWorkgroups, type Workgroups } from "../../kernels/descriptor.ts";
+import { geluBackwardKernel, geluKernel, geluWorkgroups } from "../../kernels/gelu.ts";
+import { layerNormKernel } from "../../kernels/layernorm.ts";
+import { rowWorkgroupSize } from "../../kernels/reduce.ts";
+import { softmaxKernel, type SoftmaxKind } from "../../kernels/softmax.ts";
+import { shapeStr, type Tensor } from "../tensor.ts";
+import { assertF32, rowsCols, unitChunks } from "./reduce.ts";
+
+function rowGroups(x: Tensor, rows: number): Workgroups {
+  return flatWorkgroups(rows, x.engine.limits.maxWorkgroupsPerDim);
+}
+
+export interface LayerNormResult {
+  /** Normalised output, shaped like x. */
+  y: Tensor;
+  /** Per-row mean, [rows]. */
+  mean: Tensor;
+  /** Per-row 1 / sqrt(var + eps) (biased variance, as PyTorch), [rows]. */
+  rstd: Tensor;
+}
+
+/** LayerNorm over the last dimension of x [..., C] with gamma, beta [C] (GPT-2: eps = 1e-5). */
+export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): LayerNormResult {
+  assertF32("layerNorm", x, gamma, beta);
+  const { rows, cols } = rowsCols("layerNorm", x);
+  for (const [name, p] of [["gamma", gamma], ["beta", beta]] as const) {
+    if (p.rank !== 1 || p.size !== cols) {
+      throw new RangeError(`layerNorm: ${name} must be [${cols}] for x ${shapeStr(x.shape)}, got ${p}`);
+    }
+  }
+  if (!(eps >= 0) || !Number.isFinite(eps)) throw new RangeError(`layerNorm: eps must be >= 0, got ${eps}`);
+  const engine = x.engine;
+  const y = engine.empty(x.shape);
+  const mean = engine.empty([rows]);
+  const rstd = engine.empty([rows]);
+  const kernel = layerNormKernel(rowWorkgroupSize(cols));
+  for (const [r0, r1] of unitChunks(engine, rows, cols, "layerNorm")) {
+    const xr = x.range(r0 * cols, r1 * cols);
+    const mr = mean.range(r0, r1);
+    engine.dispatch(
+      kernel,
+      { rows: r1 - r0, C: cols, off: xr.elemOffset, statOff: mr.elemOffset, eps },
+      [xr, gamma.range(0, cols), beta.range(0, cols), y.range(r0 * cols, r1 * cols), mr, rstd.range(r0, r1)],
+      rowGroups(x, r1 - r0),
+    );
+  }
+  return { y, mean, rstd };
+}
+
+/** GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with the tanh argument clamped. */
+export function gelu(x: Tensor): Tensor {
+  assertF32("gelu", x);
+  const engine = x.engine;
+  const y = engine.empty(x.shape);
+  for (const [i0, i1] of unitChunks(engine, x.size, 1, "gelu")) {
+    const xr = x.range(i0, i1);
+    engine.dispatch(
+      geluKernel,
+      { n: i1 - i0, off: xr.elemOffset },
+      [xr, y.range(i0, i1)],
+      geluWorkgroups(i1 - i0),
+    );
+  }
+  return y;
+}
+
+/** dx = dy * gelu'(x), the derivative of the same clamped tanh form `gelu` computes. */
+export function geluBackward(x: Tensor, dy: Tensor): Tensor {
+  assertF32("geluBackward", x, dy);
+  if (x.rank !== dy.rank || x.shape.some((d, i) => d !== dy.shape[i])) {
+    throw new RangeError(`geluBackward: dy ${shapeStr(dy.shape)} must match x ${shapeStr(x.shape)}`);
+  }
+  const engine = x.engine;
+  const dx = engine.empty(x.shape);
+  for (const [i0, i1] of unitChunks(engine, x.size, 1, "geluBackward")) {
+    const xr = x.range(i0, i1);
+    engine.dispatch(
+      geluBackwardKernel,
+      { n: i1 - i0, off: xr.elemOffset },
+      [xr, dy.range(i0, i1), dx.range(i0, i1)],
+      geluWorkgroups(i1 - i0),
+    );
+  }
+  return dx;
+}
+
+function rowSoftmax(kind: SoftmaxKind, op: string, x: Tensor): Tensor {
+  assertF32(op, x);
+  const { rows, cols } = rowsCols(op, x);
+  const engine = x.engine;
+  const y = engine.empty(x.shape);
+  const kernel = softmaxKernel(kind, rowWorkgroupSize(cols));
+  for (const [r0, r1] of unitChunks(engine, rows, cols, op)) {
+    const xr = x.range(r0 * cols, r1 * cols);
+    engine.dispatch(
+      kernel,
+      { rows: r1 - r0, cols, off: xr.elemOffset },
+      [xr, y.range(r0 * cols, r1 * cols)],
+      rowGroups(x, r1 - r0),
+    );
+  }
+  return y;
+}
+
+/** Softmax over the last dimension (max-subtracted, f32). */
+export function softmax(x: Tensor): Tensor {
+  return rowSoftmax("softmax", "softmax", x);
+}
+
+/** log(softmax(x)) over the last dimension, computed as (x - max) - log(sum exp(x - max)). */
+export function logSoftmax(x: Tensor): Tensor {
+  return rowSoftmax("logsoftmax", "logSoftmax", x);
+}

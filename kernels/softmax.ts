@@ -1,0 +1,72 @@
+// Softmax and log-softmax over the last dimension, one workgroup per row with a strided loop, so a row
+// of any length (GPT-2's 50257 logits) is one workgroup. Max-subtracted in f32, with the "online"
+// running max/sum (Milakov & Gimelshein 2018): each thread keeps (m, s = sum exp(x - m)) and rescales
+// s when m grows, the threads' pairs merge in a tree, then one more pass writes
+//   softmax:     exp(x - m) / s
+//   logSoftmax:  (x - m) - log(s)
+// Two reads of the row instead of three. Plain ES module: no Deno API.
+import type { KernelSpec } from "./descriptor.ts";
+import { WGSL_LOWEST } from "./reduce.ts";
+
+export type SoftmaxKind = "softmax" | "logsoftmax";
+
+const OUT: Record<SoftmaxKind, string> = {
+  softmax: "exp(v - m) / s",
+  logsoftmax: "(v - m) - log(s)",
+};
+
+/** x and y are chunk ranges of [rows, cols] tensors starting at the same element, sharing `off`. */
+export function softmaxKernel(kind: SoftmaxKind, wg: number): KernelSpec {
+  return {
+    key: `${kind}_f32_rows_online_wg${wg}`,
+    uniforms: [["rows", "u32"], ["cols", "u32"], ["off", "u32"]],
+    bindings: [
+      { name: "x", access: "read", type: "f32" },
+      { name: "y", access: "read_write", type: "f32" },
+    ],
+    workgroupSize: [wg, 1, 1],
+    body: /* wgsl */ `
+${WGSL_LOWEST}
+var<workgroup> redM: array<f32, WG_X>;
+var<workgroup> redS: array<f32, WG_X>;
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= P.rows) { return; }
+  let base = P.off + row * P.cols;
+  // Start at the lowest finite value, not -inf: a thread with no column (or only -inf columns) then
+  // holds s = 0 and merges as exp(finite) * 0 = 0 instead of exp(-inf - -inf) = NaN.
+  var m = LOWEST_F32;
+  var s = 0.0;
+  for (var c = lid; c < P.cols; c = c + WG_X) {
+    let v = x[base + c];
+    if (v > m) {
+      s = s * exp(m - v) + 1.0;
+      m = v;
+    } else {
+      s = s + exp(v - m);
+    }
+  }
+  redM[lid] = m;
+  redS[lid] = s;
+  workgroupBarrier();
+  for (var k = WG_X / 2u; k > 0u; k = k >> 1u) {
+    if (lid < k) {
+      let m1 = redM[lid];
+      let m2 = redM[lid + k];
+      let mm = max(m1, m2);
+      redS[lid] = redS[lid] * exp(m1 - mm) + redS[lid + k] * exp(m2 - mm);
+      redM[lid] = mm;
+    }
+    workgroupBarrier();
+  }
+  m = redM[0];
+  s = redS[0];
+  for (var c = lid; c < P.cols; c = c + WG_X) {
+    let v = x[base + c];
+    y[base + c] = ${OUT[kind]};
+  }
+}`,
+  };
+}
