@@ -6,17 +6,19 @@
 import type { KernelSpec } from "./descriptor.ts";
 
 /**
- * Workgroup width of a one-workgroup-per-row kernel: 64 threads for short rows (most would idle at 256),
- * 256 otherwise. Always a power of two, which the tree reductions require.
+ * Workgroup width of a one-workgroup-per-row kernel: 64 threads up to 4096 columns (GPT-2's 768 and
+ * attention rows; many rows keep the device busy, and each tree level costs a barrier: on lavapipe 64
+ * threads made layerNorm [1024, 768] 2x and a 16M-element sum 2x faster than 256), 256 for longer rows
+ * such as the 50257 logits, of which there are few. A power of two, which the tree reductions require.
  */
 export function rowWorkgroupSize(cols: number): 64 | 256 {
-  return cols <= 128 ? 64 : 256;
+  return cols <= 4096 ? 64 : 256;
 }
 
 /**
  * Elements one workgroup of the segmented reduction covers. Longer rows (and "all") are split into
  * segments of this length whose partials are reduced again, so no workgroup loops over more than
- * SEGMENT / 256 = 16 elements per thread, whatever the input size.
+ * SEGMENT / 64 = 64 elements per thread, whatever the input size.
  */
 export const SEGMENT = 4096;
 

@@ -57,34 +57,33 @@ function offsetRows(rows: number, C: number, seed: number, offsets: number[], sc
 
 // ---------------------------------------------------------------- layerNorm
 
-Deno.test("layerNorm vs float64 on AWKWARD rows x cols and GPT-2's C = 768; mean and rstd per row", async () => {
+Deno.test("layerNorm vs float64 on AWKWARD rows x cols, C = 768 and 4099 (256 threads); mean, rstd per row", async () => {
   const worst = { y: 0, mean: 0, rstd: 0 };
-  for (const rows of AWKWARD) {
-    for (const C of [...AWKWARD, 768]) {
-      const X = offsetRows(rows, C, rows * 1009 + C, [0, 3, -10, 0.5], 2);
-      const G = randn(C, C + 1), B = randn(C, C + 2);
-      await engine.scopeAsync(async () => {
-        const { y, mean, rstd } = layerNorm(
-          engine.upload(X, [rows, C]),
-          engine.upload(G, [C]),
-          engine.upload(B, [C]),
-        );
-        assertEquals(y.shape, [rows, C]);
-        assertEquals(mean.shape, [rows]);
-        assertEquals(rstd.shape, [rows]);
-        const [gy, gm, gr] = await engine.readMany([y, mean, rstd]);
-        const ref = refLayerNorm(X, G, B, rows, C);
-        const at = `[${rows}, ${C}]`;
-        // y is O(|gamma| * 3 + |beta|) ~ 1..10: atol 1e-5 at unit scale
-        worst.y = Math.max(worst.y, assertClose(gy, ref.y, { atol: 1e-5, rtol: 1e-5 }, `y ${at}`).maxAbs);
-        worst.mean = Math.max(worst.mean, assertClose(gm, ref.mean, { atol: 1e-5 }, `mean ${at}`).maxAbs);
-        // rstd of a constant row (C = 1) is 1/sqrt(eps) = 316: relative tolerance
-        worst.rstd = Math.max(
-          worst.rstd,
-          assertClose(gr, ref.rstd, { atol: 0, rtol: 1e-5 }, `rstd ${at}`).maxRel,
-        );
-      });
-    }
+  const shapes = AWKWARD.flatMap((rows) => [...AWKWARD, 768].map((C) => [rows, C])).concat([[3, 4099]]);
+  for (const [rows, C] of shapes) {
+    const X = offsetRows(rows, C, rows * 1009 + C, [0, 3, -10, 0.5], 2);
+    const G = randn(C, C + 1), B = randn(C, C + 2);
+    await engine.scopeAsync(async () => {
+      const { y, mean, rstd } = layerNorm(
+        engine.upload(X, [rows, C]),
+        engine.upload(G, [C]),
+        engine.upload(B, [C]),
+      );
+      assertEquals(y.shape, [rows, C]);
+      assertEquals(mean.shape, [rows]);
+      assertEquals(rstd.shape, [rows]);
+      const [gy, gm, gr] = await engine.readMany([y, mean, rstd]);
+      const ref = refLayerNorm(X, G, B, rows, C);
+      const at = `[${rows}, ${C}]`;
+      // y is O(|gamma| * 3 + |beta|) ~ 1..10: atol 1e-5 at unit scale
+      worst.y = Math.max(worst.y, assertClose(gy, ref.y, { atol: 1e-5, rtol: 1e-5 }, `y ${at}`).maxAbs);
+      worst.mean = Math.max(worst.mean, assertClose(gm, ref.mean, { atol: 1e-5 }, `mean ${at}`).maxAbs);
+      // rstd of a constant row (C = 1) is 1/sqrt(eps) = 316: relative tolerance
+      worst.rstd = Math.max(
+        worst.rstd,
+        assertClose(gr, ref.rstd, { atol: 0, rtol: 1e-5 }, `rstd ${at}`).maxRel,
+      );
+    });
   }
   console.log(
     `layerNorm max errors: y ${worst.y.toExponential(2)} abs, mean ${worst.mean.toExponential(2)} abs, ` +
