@@ -1,0 +1,117 @@
+// Benchmark of the nn family at GPT-2 small shapes: layerNorm [T, 768], gelu and its backward on the MLP
+// activation [T, 3072], softmax / logSoftmax over vocabulary rows [B, 50257] and attention rows.
+// GB/s counts each op's compulsory traffic (every input read once, every output written once).
+import { type Engine, getEngine } from "../engine/engine.ts";
+import { gelu, geluBackward, layerNorm, logSoftmax, softmax } from "../engine/ops/nn.ts";
+import type { Tensor } from "../engine/tensor.ts";
+
+interface Case {
+  op: string;
+  shape: number[];
+  /** Bytes an ideal kernel moves per call. */
+  bytes: number;
+  make: (e: Engine) => Tensor[];
+  call: (ins: Tensor[]) => unknown;
+}
+
+function randomTensor(e: Engine, shape: number[]): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = Math.sin(i * 12.9898) * 3;
+  return e.upload(x, shape);
+}
+
+/** Mean milliseconds per call: warm up (compiles pipelines), then N calls and one sync. */
+async function timeGpu(e: Engine, iters: number, call: () => unknown): Promise<number> {
+  for (let i = 0; i < 2; i++) e.scope(() => void call());
+  await e.sync();
+  const t0 = performance.now();
+  for (let i = 0; i < iters; i++) e.scope(() => void call());
+  await e.sync();
+  return (performance.now() - t0) / iters;
+}
+
+export async function run(
+  engine: Engine,
+  opts: { json: boolean; quick?: boolean },
+): Promise<Record<string, unknown>[]> {
+  const T = opts.quick ? 128 : 1024, C = 768, V = 50257, B = opts.quick ? 2 : 8;
+  const iters = opts.quick ? 3 : 10;
+  const cases: Case[] = [
+    {
+      op: "layerNorm",
+      shape: [T, C],
+      bytes: 4 * (2 * T * C + 2 * C + 2 * T),
+      make: (e) => [randomTensor(e, [T, C]), randomTensor(e, [C]), randomTensor(e, [C])],
+      call: ([x, g, b]) => layerNorm(x, g, b),
+    },
+    {
+      op: "gelu",
+      shape: [T, 4 * C],
+      bytes: 4 * 2 * T * 4 * C,
+      make: (e) => [randomTensor(e, [T, 4 * C])],
+      call: ([x]) => gelu(x),
+    },
+    {
+      op: "geluBackward",
+      shape: [T, 4 * C],
+      bytes: 4 * 3 * T * 4 * C,
+      make: (e) => [randomTensor(e, [T, 4 * C]), randomTensor(e, [T, 4 * C])],
+      call: ([x, dy]) => geluBackward(x, dy),
+    },
+    {
+      op: "softmax",
+      shape: [B, V],
+      bytes: 4 * 2 * B * V,
+      make: (e) => [randomTensor(e, [B, V])],
+      call: ([x]) => softmax(x),
+    },
+    {
+      op: "logSoftmax",
+      shape: [B, V],
+      bytes: 4 * 2 * B * V,
+      make: (e) => [randomTensor(e, [B, V])],
+      call: ([x]) => logSoftmax(x),
+    },
+    {
+      // attention probabilities of one layer: 12 heads x T query rows of T keys
+      op: "softmax",
+      shape: [12 * T, T],
+      bytes: 4 * 2 * 12 * T * T,
+      make: (e) => [randomTensor(e, [12 * T, T])],
+      call: ([x]) => softmax(x),
+    },
+  ];
+  const rows: Record<string, unknown>[] = [];
+  for (const c of cases) {
+    const ins = c.make(engine);
+    const ms = await timeGpu(engine, iters, () => c.call(ins));
+    ins.forEach((t) => t.dispose());
+    rows.push({
+      family: "nn",
+      op: c.op,
+      shape: `[${c.shape.join(", ")}]`,
+      ms: +ms.toFixed(3),
+      gbps: +(c.bytes / (ms * 1e6)).toFixed(2),
+      iters,
+    });
+  }
+  if (!opts.json) {
+    console.log(`nn on ${engine.gpu.info.description}`);
+    console.log("op            shape              ms/call      GB/s");
+    for (const r of rows) {
+      console.log(
+        `${String(r.op).padEnd(13)} ${String(r.shape).padEnd(18)} ${String(r.ms).padStart(8)} ${
+          String(r.gbps).padStart(9)
+        }`,
+      );
+    }
+  }
+  return rows;
+}
+
+if (import.meta.main) {
+  const json = Deno.args.includes("--json");
+  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
+  if (json) console.log(JSON.stringify(rows));
+}
