@@ -50,7 +50,10 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): L
   return { y, mean, rstd };
 }
 
-/** GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with the tanh argument clamped. */
+/**
+ * GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with the tanh argument clamped: finite
+ * for every finite input (up to +-3.4e38). Infinite inputs are outside its domain (-inf gives NaN).
+ */
 export function gelu(x: Tensor): Tensor {
   assertF32("gelu", x);
   const engine = x.engine;
