@@ -308,7 +308,10 @@ export class Engine {
     }
     for (let i = 0; i < bindings.length; i++) {
       const b = bindings[i];
-      const r = b instanceof Tensor ? { buffer: b.buffer, offset: 0, size: b.buffer.size } : b;
+      // A whole tensor binds its own bytes, not its pool bucket (which may be up to 25% larger).
+      const r = b instanceof Tensor
+        ? { buffer: b.buffer, offset: 0, size: Math.max(4, Math.ceil(b.byteLength / 4) * 4) }
+        : b;
       if (r.size > this.limits.maxBindingBytes) {
         throw new RangeError(
           `kernel ${spec.key}: binding '${spec.bindings[i].name}' is ${r.size} bytes, over the device's ` +
