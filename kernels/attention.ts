@@ -15,28 +15,85 @@
 // Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
 
-/** Output tile edge of the qk and av kernels (16×16 threads, 4×4 outputs each) and their reduction step. */
-export const ATTN_TILE = 64;
-const ATTN_TK = 16;
+/** Output tile edges of the qk and av kernels: the op takes the smallest that covers T (up to 64). */
+export type AttnTile = 16 | 32 | 64;
+export const ATTN_TILES: readonly AttnTile[] = [16, 32, 64];
+// 8×8 threads per tile, each computing (tile/8)² outputs: few threads per barrier suits CPU Vulkan
+// (llvmpipe runs a workgroup as fibers switched at every barrier) and still feeds a GPU.
+const THREADS = 8;
+/** Reduction step (columns of the head dim or of the score rows loaded per barrier pair). */
+const TK = 32;
 /** Threads per row of the softmax kernels. */
-export const ATTN_ROW_WG = 128;
+export const ATTN_ROW_WG = 32;
 
-// Shared between the tiled kernels: tiles are stored [TK][TILE+1] (padded against bank conflicts on the
-// transposing store), and the row length is broadcast through workgroupUniformLoad so that loops with
-// barriers may depend on it.
-const TILE_PRELUDE = /* wgsl */ `
-const TM: u32 = ${ATTN_TILE}u;
-const TK: u32 = ${ATTN_TK}u;
-const TS: u32 = ${ATTN_TILE + 1}u;
-var<workgroup> as_: array<f32, ${ATTN_TK * (ATTN_TILE + 1)}>;
-var<workgroup> bs_: array<f32, ${ATTN_TK * (ATTN_TILE + 1)}>;
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** The WGSL pieces of a tiled kernel with a tile×tile output tile. */
+interface TileCode {
+  tag: string;
+  prelude: string;
+  accDecl: string;
+  accFma: string;
+  /** Unrolled epilogue: `store(row, col, value)` gives the WGSL storing one element (row/col: tile offsets). */
+  storeTile(store: (row: string, col: string, v: string) => string): string;
+}
+
+function tileCode(tile: AttnTile): TileCode {
+  const rt = tile / THREADS; // outputs per thread per side
+  const w = Math.min(4, rt); // accumulator vector width
+  const vecs = rt / w;
+  const vec = `vec${w}<f32>`;
+  // The register tile is named vector accumulators, unrolled: llvmpipe spills a dynamically indexed
+  // private array to memory. acc{a}_{q}[c] holds row lid.y + THREADS·a, column lid.x + THREADS·(w·q + c).
+  const accs = range(rt).flatMap((a) => range(vecs).map((q) => [a, q]));
+  return {
+    tag: `${tile}x${tile}_t${THREADS}_k${TK}`,
+    // Tiles are stored [TK][tile+1] (padded against bank conflicts on the transposing store); the row
+    // length is broadcast through workgroupUniformLoad so loops with barriers may depend on it.
+    prelude: /* wgsl */ `
+const TM: u32 = ${tile}u;
+const TK: u32 = ${TK}u;
+const TS: u32 = ${tile + 1}u;
+const NT: u32 = ${THREADS * THREADS}u;
+var<workgroup> as_: array<f32, ${TK * (tile + 1)}>;
+var<workgroup> bs_: array<f32, ${TK * (tile + 1)}>;
 var<workgroup> wlen: u32;
 
 fn row_len(b: u32, li: u32) -> u32 {
   if (li == 0u) { wlen = min(lengths[b], P.T); }
   return workgroupUniformLoad(&wlen);
 }
-`;
+`,
+    accDecl: accs.map(([a, q]) => `var acc${a}_${q} = ${vec}();`).join("\n  "),
+    accFma: /* wgsl */ `
+    for (var k = 0u; k < TK; k++) {
+      ${range(rt).map((a) => `let x${a} = as_[k * TS + lid.y + ${THREADS * a}u];`).join("\n      ")}
+      ${
+      range(vecs).map((q) =>
+        `let y${q} = ${vec}(${
+          range(w).map((c) => `bs_[k * TS + lid.x + ${THREADS * (w * q + c)}u]`).join(", ")
+        });`
+      ).join("\n      ")
+    }
+      ${accs.map(([a, q]) => `acc${a}_${q} += x${a} * y${q};`).join("\n      ")}
+    }`,
+    storeTile: (store) =>
+      range(rt).flatMap((a) =>
+        range(rt).map((c) =>
+          store(
+            `lid.y + ${THREADS * a}u`,
+            `lid.x + ${THREADS * c}u`,
+            `acc${a}_${Math.floor(c / w)}[${c % w}]`,
+          )
+        )
+      ).join("\n  "),
+  };
+}
+
+/** The tile the op uses for sequences of length T: the smallest that covers T, else the largest. */
+export function attnTile(T: number): AttnTile {
+  return ATTN_TILES.find((t) => t >= T) ?? 64;
+}
 
 const GEOMETRY: [string, "u32"][] = [["T", "u32"], ["H", "u32"], ["hd", "u32"], ["p0", "u32"], ["b0", "u32"]];
 
@@ -45,27 +102,29 @@ const GEOMETRY: [string, "u32"][] = [["T", "u32"], ["H", "u32"], ["hd", "u32"], 
  * region are not written (the softmax kernels rewrite every row in full). Tiles above the diagonal or
  * past the row's length are skipped whole.
  */
-export const qkKernel: KernelSpec = {
-  key: `attention_qk_f32_${ATTN_TILE}x${ATTN_TILE}_causal`,
-  uniforms: [
-    ...GEOMETRY,
-    ["xStride", "u32"],
-    ["xCol", "u32"],
-    ["xOff", "u32"],
-    ["yStride", "u32"],
-    ["yCol", "u32"],
-    ["yOff", "u32"],
-    ["sOff", "u32"],
-    ["scale", "f32"],
-  ],
-  bindings: [
-    { name: "lengths", access: "read", type: "u32" },
-    { name: "x", access: "read", type: "f32" },
-    { name: "y", access: "read", type: "f32" },
-    { name: "s", access: "read_write", type: "f32" },
-  ],
-  workgroupSize: [16, 16, 1],
-  body: TILE_PRELUDE + /* wgsl */ `
+export function qkKernel(tile: AttnTile): KernelSpec {
+  const t = tileCode(tile);
+  return {
+    key: `attention_qk_f32_${t.tag}_causal`,
+    uniforms: [
+      ...GEOMETRY,
+      ["xStride", "u32"],
+      ["xCol", "u32"],
+      ["xOff", "u32"],
+      ["yStride", "u32"],
+      ["yCol", "u32"],
+      ["yOff", "u32"],
+      ["sOff", "u32"],
+      ["scale", "f32"],
+    ],
+    bindings: [
+      { name: "lengths", access: "read", type: "u32" },
+      { name: "x", access: "read", type: "f32" },
+      { name: "y", access: "read", type: "f32" },
+      { name: "s", access: "read_write", type: "f32" },
+    ],
+    workgroupSize: [THREADS, THREADS, 1],
+    body: t.prelude + /* wgsl */ `
 @compute @workgroup_size(WG_X, WG_Y, WG_Z)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -79,10 +138,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (i0 >= len || j0 >= len) { return; }
   let xBase = P.xOff + (b - P.b0) * P.T * P.xStride + P.xCol + h * P.hd;
   let yBase = P.yOff + (b - P.b0) * P.T * P.yStride + P.yCol + h * P.hd;
-  var acc: array<vec4<f32>, 4>;
+  ${t.accDecl}
   for (var k0 = 0u; k0 < P.hd; k0 += TK) {
-    for (var t = 0u; t < 4u; t++) {
-      let e = li + t * 256u;
+    for (var t = 0u; t < TM * TK / NT; t++) { // TM·TK elements over NT threads
+      let e = li + t * NT;
       let r = e / TK; // consecutive threads read consecutive d of one row
       let k = e % TK;
       let d = k0 + k;
@@ -96,38 +155,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       bs_[k * TS + r] = yv;
     }
     workgroupBarrier();
-    for (var k = 0u; k < TK; k++) {
-      let xa = vec4<f32>(as_[k * TS + lid.y], as_[k * TS + lid.y + 16u], as_[k * TS + lid.y + 32u],
-                         as_[k * TS + lid.y + 48u]);
-      let yb = vec4<f32>(bs_[k * TS + lid.x], bs_[k * TS + lid.x + 16u], bs_[k * TS + lid.x + 32u],
-                         bs_[k * TS + lid.x + 48u]);
-      acc[0] += xa.x * yb;
-      acc[1] += xa.y * yb;
-      acc[2] += xa.z * yb;
-      acc[3] += xa.w * yb;
-    }
+${t.accFma}
     workgroupBarrier();
   }
   let sBase = P.sOff + wid.z * P.T * P.T;
-  for (var a = 0u; a < 4u; a++) {
-    let i = i0 + lid.y + 16u * a;
-    if (i >= len) { continue; }
-    for (var c = 0u; c < 4u; c++) {
-      let j = j0 + lid.x + 16u * c;
-      if (j <= i) { s[sBase + i * P.T + j] = P.scale * acc[a][c]; }
+  ${
+      t.storeTile((r, c, v) =>
+        `if (i0 + ${r} < len && j0 + ${c} <= i0 + ${r}) { s[sBase + (i0 + ${r}) * P.T + j0 + ${c}] = P.scale * ${v}; }`
+      )
     }
-  }
 }`,
-};
+  };
+}
 
 /**
  * o[b, r, h·hd + d] = Σ_m A[p][r, m] · y[b, m, h·hd + d] (or with A transposed: Σ_m A[p][m, r] · y[...]),
  * the reduction running only over valid causal m: m ≤ r (plain) or r ≤ m < len (transposed). Rows r ≥ len
  * are written as zeros, so every output element of the head's column block is written.
  */
-export function avKernel(transA: boolean): KernelSpec {
+export function avKernel(tile: AttnTile, transA: boolean): KernelSpec {
+  const t = tileCode(tile);
   return {
-    key: `attention_av_f32_${ATTN_TILE}x${ATTN_TILE}_causal${transA ? "_transA" : ""}`,
+    key: `attention_av_f32_${t.tag}_causal${transA ? "_transA" : ""}`,
     uniforms: [
       ...GEOMETRY,
       ["aOff", "u32"],
@@ -144,8 +193,8 @@ export function avKernel(transA: boolean): KernelSpec {
       { name: "y", access: "read", type: "f32" },
       { name: "o", access: "read_write", type: "f32" },
     ],
-    workgroupSize: [16, 16, 1],
-    body: TILE_PRELUDE + /* wgsl */ `
+    workgroupSize: [THREADS, THREADS, 1],
+    body: t.prelude + /* wgsl */ `
 @compute @workgroup_size(WG_X, WG_Y, WG_Z)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -163,10 +212,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         ? "let mStart = r0;\n  let mEnd = len; // keys j of this tile collect from queries i >= j"
         : "let mStart = 0u;\n  let mEnd = min(len, r0 + TM); // query i reads keys j <= i"
     }
-  var acc: array<vec4<f32>, 4>;
+  ${t.accDecl}
   for (var m0 = mStart; m0 < mEnd; m0 += TK) {
-    for (var t = 0u; t < 4u; t++) {
-      let e = li + t * 256u;
+    for (var t = 0u; t < TM * TK / NT; t++) { // TM·TK elements over NT threads
+      let e = li + t * NT;
       ${
       transA
         ? `let r = e % TM; // A[m, r]: consecutive threads read consecutive columns
@@ -186,53 +235,53 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       bs_[kc * TS + c] = yv;
     }
     workgroupBarrier();
-    for (var k = 0u; k < TK; k++) {
-      let xa = vec4<f32>(as_[k * TS + lid.y], as_[k * TS + lid.y + 16u], as_[k * TS + lid.y + 32u],
-                         as_[k * TS + lid.y + 48u]);
-      let yb = vec4<f32>(bs_[k * TS + lid.x], bs_[k * TS + lid.x + 16u], bs_[k * TS + lid.x + 32u],
-                         bs_[k * TS + lid.x + 48u]);
-      acc[0] += xa.x * yb;
-      acc[1] += xa.y * yb;
-      acc[2] += xa.z * yb;
-      acc[3] += xa.w * yb;
-    }
+${t.accFma}
     workgroupBarrier();
   }
-  for (var a_ = 0u; a_ < 4u; a_++) {
-    let r = r0 + lid.y + 16u * a_;
-    if (r >= P.T) { continue; }
-    for (var c = 0u; c < 4u; c++) {
-      let d = d0 + lid.x + 16u * c;
-      if (d < P.hd) { o[oBase + r * P.oStride + d] = select(0.0, acc[a_][c], r < len); }
+  ${
+      t.storeTile((r, c, v) =>
+        `if (r0 + ${r} < P.T && d0 + ${c} < P.hd) { ` +
+        `o[oBase + (r0 + ${r}) * P.oStride + d0 + ${c}] = select(0.0, ${v}, r0 + ${r} < len); }`
+      )
     }
-  }
 }`,
   };
 }
 
+// Row reductions: a tree over WG_X threads. Barriers dominate on CPU Vulkan (llvmpipe), so the forward
+// merges max and sum into one online reduction (running max m, sum l of exp(x − m), as in FlashAttention).
 const ROW_PRELUDE = /* wgsl */ `
-var<workgroup> red: array<f32, WG_X>;
+var<workgroup> red_m: array<f32, WG_X>;
+var<workgroup> red_l: array<f32, WG_X>;
 
-fn reduce_max(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
+fn reduce_sum(v: f32, lid: u32) -> f32 {
+  red_l[lid] = v;
   workgroupBarrier();
   for (var st = WG_X / 2u; st > 0u; st >>= 1u) {
-    if (lid < st) { red[lid] = max(red[lid], red[lid + st]); }
+    if (lid < st) { red_l[lid] = red_l[lid] + red_l[lid + st]; }
     workgroupBarrier();
   }
-  let r = red[0];
+  let r = red_l[0];
   workgroupBarrier();
   return r;
 }
 
-fn reduce_sum(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
+// (max, sum of exp(x - max)) of the whole row from each thread's partial pair
+fn reduce_online(m: f32, l: f32, lid: u32) -> vec2<f32> {
+  red_m[lid] = m;
+  red_l[lid] = l;
   workgroupBarrier();
   for (var st = WG_X / 2u; st > 0u; st >>= 1u) {
-    if (lid < st) { red[lid] = red[lid] + red[lid + st]; }
+    if (lid < st) {
+      let m1 = red_m[lid];
+      let m2 = red_m[lid + st];
+      let mm = max(m1, m2);
+      red_l[lid] = red_l[lid] * exp(m1 - mm) + red_l[lid + st] * exp(m2 - mm);
+      red_m[lid] = mm;
+    }
     workgroupBarrier();
   }
-  let r = red[0];
+  let r = vec2<f32>(red_m[0], red_l[0]);
   workgroupBarrier();
   return r;
 }
@@ -261,13 +310,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
   let lim = select(0u, i + 1u, i < len); // keys 0..lim-1 are visible
   let base = P.sOff + r * P.T;
-  var m = -3.4028234e38;
-  for (var j = lid; j < lim; j += WG_X) { m = max(m, s[base + j]); }
-  m = reduce_max(m, lid);
-  var sum = 0.0;
-  for (var j = lid; j < lim; j += WG_X) { sum += exp(s[base + j] - m); }
-  sum = reduce_sum(sum, lid);
-  let inv = 1.0 / sum;
+  var m = -3.4028234e38; // finite, so exp(m - m') stays defined for threads that saw nothing
+  var l = 0.0;
+  for (var j = lid; j < lim; j += WG_X) {
+    let x = s[base + j];
+    if (x > m) {
+      l = l * exp(m - x) + 1.0;
+      m = x;
+    } else {
+      l += exp(x - m);
+    }
+  }
+  let ml = reduce_online(m, l, lid);
+  m = ml.x;
+  let inv = 1.0 / ml.y;
   for (var j = lid; j < P.T; j += WG_X) {
     var v = 0.0;
     if (j < lim) { v = exp(s[base + j] - m) * inv; }
@@ -319,9 +375,117 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`,
 };
 
+/** Largest sequence length and head size of the fused short-sequence kernel. */
+export const FUSED_MAX_T = 32;
+export const FUSED_MAX_HD = 64;
+const FUSED_THREADS = 64;
+
+/** Workgroup memory of the fused kernel for sequences up to maxT: K and V rows, and the score block. */
+export function fusedStorageBytes(maxT: 16 | 32): number {
+  return 4 * (2 * maxT * FUSED_MAX_HD + maxT * maxT) + 16;
+}
+
+/**
+ * The whole forward of one (batch, head) pair in one workgroup, for short sequences (T ≤ maxT, hd ≤ 64):
+ * causal tracing runs many short prompts, where the tiled path would spend a dozen mostly idle
+ * workgroups (and three dispatches) per pair. K and V rows live in workgroup memory, the T×T scores too;
+ * each query row's softmax is done by one thread (at most 32 entries). Same masking as the tiled path;
+ * with `saveProbs` the probabilities are written to probs [pairs, T, T] (zeros where masked).
+ */
+export function fusedKernel(maxT: 16 | 32, saveProbs: boolean): KernelSpec {
+  return {
+    key: `attention_fused_f32_t${maxT}_d${FUSED_MAX_HD}_causal${saveProbs ? "_probs" : ""}`,
+    uniforms: [...GEOMETRY, ["pairs", "u32"], ["qOff", "u32"], ["oOff", "u32"], ["pOff", "u32"], [
+      "scale",
+      "f32",
+    ]],
+    bindings: [
+      { name: "lengths", access: "read", type: "u32" },
+      { name: "qkv", access: "read", type: "f32" },
+      { name: "o", access: "read_write", type: "f32" },
+      ...(saveProbs ? [{ name: "probs", access: "read_write" as const, type: "f32" }] : []),
+    ],
+    workgroupSize: [FUSED_THREADS, 1, 1],
+    body: /* wgsl */ `
+const MT: u32 = ${maxT}u;
+const MD: u32 = ${FUSED_MAX_HD}u;
+var<workgroup> ks: array<f32, ${maxT * FUSED_MAX_HD}>;
+var<workgroup> vs: array<f32, ${maxT * FUSED_MAX_HD}>;
+var<workgroup> ss: array<f32, ${maxT * maxT}>;
+var<workgroup> wlen: u32;
+
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let pr = wid.x + wid.y * nwg.x; // pair inside the chunk
+  if (pr >= P.pairs) { return; }
+  let p = P.p0 + pr;
+  let b = p / P.H;
+  let h = p % P.H;
+  if (li == 0u) { wlen = min(lengths[b], P.T); }
+  let len = workgroupUniformLoad(&wlen);
+  let stride = 3u * P.H * P.hd;
+  let rowBase = P.qOff + (b - P.b0) * P.T * stride + h * P.hd; // q of row 0; k at +C, v at +2C
+  let C = P.H * P.hd;
+  for (var e = li; e < len * P.hd; e += WG_X) {
+    let j = e / P.hd;
+    let d = e % P.hd;
+    ks[j * MD + d] = qkv[rowBase + j * stride + C + d];
+    vs[j * MD + d] = qkv[rowBase + j * stride + 2u * C + d];
+  }
+  workgroupBarrier();
+  for (var e = li; e < len * len; e += WG_X) {
+    let i = e / len;
+    let j = e % len;
+    if (j <= i) {
+      var dot = 0.0;
+      for (var d = 0u; d < P.hd; d++) { dot += qkv[rowBase + i * stride + d] * ks[j * MD + d]; }
+      ss[i * MT + j] = P.scale * dot;
+    }
+  }
+  workgroupBarrier();
+  if (li < len) {
+    let i = li;
+    var m = -3.4028234e38;
+    for (var j = 0u; j <= i; j++) { m = max(m, ss[i * MT + j]); }
+    var l = 0.0;
+    for (var j = 0u; j <= i; j++) {
+      let x = exp(ss[i * MT + j] - m);
+      ss[i * MT + j] = x;
+      l += x;
+    }
+    let inv = 1.0 / l;
+    for (var j = 0u; j <= i; j++) { ss[i * MT + j] = ss[i * MT + j] * inv; }
+  }
+  workgroupBarrier();
+  ${
+      saveProbs
+        ? `for (var e = li; e < P.T * P.T; e += WG_X) {
+    let i = e / P.T;
+    let j = e % P.T;
+    var v = 0.0;
+    if (i < len && j <= i) { v = ss[i * MT + j]; }
+    probs[P.pOff + pr * P.T * P.T + e] = v;
+  }`
+        : ""
+    }
+  let oBase = P.oOff + (b - P.b0) * P.T * C + h * P.hd;
+  for (var e = li; e < P.T * P.hd; e += WG_X) {
+    let i = e / P.hd;
+    let d = e % P.hd;
+    var acc = 0.0;
+    if (i < len) {
+      for (var j = 0u; j <= i; j++) { acc += ss[i * MT + j] * vs[j * MD + d]; }
+    }
+    o[oBase + i * C + d] = acc;
+  }
+}`,
+  };
+}
+
 /** Workgroups of the tiled kernels: [column tiles, row tiles, pairs]. */
-export function tileWorkgroups(cols: number, rows: number, pairs: number): Workgroups {
-  return [Math.ceil(cols / ATTN_TILE), Math.ceil(rows / ATTN_TILE), pairs];
+export function tileWorkgroups(tile: AttnTile, cols: number, rows: number, pairs: number): Workgroups {
+  return [Math.ceil(cols / tile), Math.ceil(rows / tile), pairs];
 }
 
 /** Workgroups of the row kernels: one per score row, folded into x/y. */

@@ -1,6 +1,7 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
 import { attention, attentionBackward } from "../engine/ops/attention.ts";
+import { ATTN_TILES } from "../kernels/attention.ts";
 import { assertClose, randn, testEngine } from "./util.ts";
 
 const engine = await testEngine();
@@ -136,34 +137,41 @@ Deno.test("attention forward and probs vs float64, lengths 0/1/T in one batch, a
 });
 
 Deno.test("attention: padded tokens (NaN, huge) change nothing in valid outputs or gradients", async () => {
-  const c: Case = { B: 3, T: 70, C: 16, H: 4, lengths: [70, 1, 33] };
-  const Q = randn(c.B * c.T * 3 * c.C, 11);
-  const dO = randn(c.B * c.T * c.C, 12);
-  const variants = [
-    Q,
-    poisonPadding(Q, c, () => NaN),
-    poisonPadding(Q, c, (k) => (k % 2 ? 1e30 : -Infinity)),
+  const cases: Case[] = [
+    { B: 3, T: 70, C: 16, H: 4, lengths: [70, 1, 33] }, // tiled path
+    { B: 3, T: 29, C: 16, H: 2, lengths: [29, 1, 12] }, // fused short-sequence path
   ];
-  const results: Float32Array[][] = [];
-  for (const V of variants) {
-    await engine.scopeAsync(async () => {
-      const qkv = engine.upload(V, [c.B, c.T, 3 * c.C]);
-      const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
-      // dOut at padded rows is poisoned too: those outputs are constant, their gradient must be ignored
-      const dOut = engine.upload(
-        dO.map((v, i) => (Math.floor(i / c.C) % c.T >= c.lengths[Math.floor(i / (c.T * c.C))] ? NaN : v)),
-        [c.B, c.T, c.C],
-      );
-      const r = attention(qkv, lengths, c.H, { saveProbs: true });
-      const dqkv = attentionBackward(qkv, r.probs!, dOut, lengths, c.H);
-      results.push((await engine.readMany([r.out, r.probs!, dqkv])) as Float32Array[]);
-    });
-  }
-  for (const [i, res] of results.entries()) {
-    for (const [k, name] of ["out", "probs", "dqkv"].entries()) {
-      if (!res[k].every(Number.isFinite)) throw new Error(`variant ${i}: ${name} is not finite`);
-      assertEquals(Array.from(res[k]), Array.from(results[0][k]), `variant ${i}: ${name} differs`);
+  for (const c of cases) {
+    const Q = randn(c.B * c.T * 3 * c.C, 11);
+    const dO = randn(c.B * c.T * c.C, 12);
+    const variants = [
+      Q,
+      poisonPadding(Q, c, () => NaN),
+      poisonPadding(Q, c, (k) => (k % 2 ? 1e30 : -Infinity)),
+    ];
+    const results: Float32Array[][] = [];
+    for (const V of variants) {
+      await engine.scopeAsync(async () => {
+        const qkv = engine.upload(V, [c.B, c.T, 3 * c.C]);
+        const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
+        // dOut at padded rows is poisoned too: those outputs are constant, their gradient must be ignored
+        const dOut = engine.upload(
+          dO.map((v, i) => (Math.floor(i / c.C) % c.T >= c.lengths[Math.floor(i / (c.T * c.C))] ? NaN : v)),
+          [c.B, c.T, c.C],
+        );
+        const r = attention(qkv, lengths, c.H, { saveProbs: true });
+        const plain = attention(qkv, lengths, c.H);
+        const dqkv = attentionBackward(qkv, r.probs!, dOut, lengths, c.H);
+        results.push((await engine.readMany([r.out, r.probs!, dqkv, plain.out])) as Float32Array[]);
+      });
     }
+    for (const [i, res] of results.entries()) {
+      for (const [k, name] of ["out", "probs", "dqkv", "out without probs"].entries()) {
+        if (!res[k].every(Number.isFinite)) throw new Error(`T${c.T} variant ${i}: ${name} is not finite`);
+        assertEquals(Array.from(res[k]), Array.from(results[0][k]), `T${c.T} variant ${i}: ${name} differs`);
+      }
+    }
+    assertClose(results[0][0], refAttention(Q, c).out, { atol: 2e-6, rtol: 1e-5 }, `out T${c.T}`);
   }
 });
 
@@ -217,28 +225,65 @@ Deno.test("attentionBackward vs float64 analytic on tile-crossing shapes", async
   }
 });
 
+Deno.test("attention: the fused path and every tile size (16, 32, 64) agree with float64", async () => {
+  const cases: Case[] = [
+    { B: 2, T: 70, C: 130, H: 2, lengths: [70, 37] }, // hd 65, several tiles in every dimension
+    { B: 3, T: 32, C: 128, H: 2, lengths: [32, 31, 16] }, // hd 64: the fused kernel's limits
+  ];
+  for (const c of cases) {
+    const Q = randn(c.B * c.T * 3 * c.C, 41), dO = randn(c.B * c.T * c.C, 42);
+    const ref = refAttention(Q, c), refG = refBackward(Q, dO, c);
+    for (const tile of [undefined, ...ATTN_TILES]) {
+      const [out, probs, dq] = await engine.scopeAsync(async () => {
+        const qkv = engine.upload(Q, [c.B, c.T, 3 * c.C]);
+        const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
+        const r = attention(qkv, lengths, c.H, { saveProbs: true, tile });
+        const d = attentionBackward(qkv, r.probs!, engine.upload(dO, [c.B, c.T, c.C]), lengths, c.H, {
+          tile,
+        });
+        return await engine.readMany([r.out, r.probs!, d]);
+      });
+      const tag = `T${c.T} tile ${tile ?? "auto"}`;
+      assertClose(out, ref.out, { atol: 2e-6, rtol: 1e-5 }, `out ${tag}`);
+      assertClose(probs, ref.probs, { atol: 1e-6, rtol: 1e-5 }, `probs ${tag}`);
+      assertClose(dq, refG, { atol: 2e-5 * maxAbs(refG), rtol: 1e-4 }, `dqkv ${tag}`);
+    }
+  }
+});
+
 Deno.test("attention with a tiny binding limit: pairs split into chunks, same results", async () => {
   const small = await Engine.create({ maxBindingBytes: 64 * 1024 });
   try {
-    // T·T·4 = 16.9 KB per (b, h) pair and 18.7 KB of qkv per batch row: a few pairs per dispatch
-    const c: Case = { B: 3, T: 65, C: 24, H: 3, lengths: [65, 2, 50] };
-    const Q = randn(c.B * c.T * 3 * c.C, 5);
-    const dO = randn(c.B * c.T * c.C, 6);
-    const run = async (e: Engine) =>
-      await e.scopeAsync(async () => {
-        const qkv = e.upload(Q, [c.B, c.T, 3 * c.C]);
-        const lengths = e.upload(Uint32Array.from(c.lengths), [c.B], "u32");
-        const r = attention(qkv, lengths, c.H, { saveProbs: true });
-        const d = attentionBackward(qkv, r.probs!, e.upload(dO, [c.B, c.T, c.C]), lengths, c.H);
-        return await e.readMany([r.out, r.probs!, d, attention(qkv, lengths, c.H).out]);
-      });
-    const before = small.stats.dispatches;
-    const got = await run(small);
-    // 3 forward + 5 backward + 3 forward kernels per chunk; one chunk would be 11 dispatches
-    if (small.stats.dispatches - before <= 11) throw new Error("expected several chunks");
-    const want = await run(engine);
-    for (let k = 0; k < 4; k++) assertEquals(Array.from(got[k]), Array.from(want[k]));
-    assertClose(got[0], refAttention(Q, c).out, { atol: 2e-6, rtol: 1e-5 }, "chunked out");
+    // tiled: T·T·4 = 16.9 KB per (b, h) pair and 18.7 KB of qkv per batch row, a few pairs per dispatch;
+    // fused: 23 KB of qkv per batch row, two rows per dispatch
+    const cases: Case[] = [
+      { B: 3, T: 65, C: 24, H: 3, lengths: [65, 2, 50] },
+      { B: 6, T: 30, C: 64, H: 1, lengths: [30, 2, 17, 1, 29, 30] },
+    ];
+    for (const c of cases) {
+      const Q = randn(c.B * c.T * 3 * c.C, 5);
+      const dO = randn(c.B * c.T * c.C, 6);
+      const run = async (e: Engine) =>
+        await e.scopeAsync(async () => {
+          const qkv = e.upload(Q, [c.B, c.T, 3 * c.C]);
+          const lengths = e.upload(Uint32Array.from(c.lengths), [c.B], "u32");
+          const r = attention(qkv, lengths, c.H, { saveProbs: true });
+          const d = attentionBackward(qkv, r.probs!, e.upload(dO, [c.B, c.T, c.C]), lengths, c.H);
+          return await e.readMany([r.out, r.probs!, d, attention(qkv, lengths, c.H).out]);
+        });
+      const before = engine.stats.dispatches;
+      const want = await run(engine);
+      const oneChunk = engine.stats.dispatches - before;
+      const beforeSmall = small.stats.dispatches;
+      const got = await run(small);
+      if (small.stats.dispatches - beforeSmall <= oneChunk) {
+        throw new Error(`T${c.T}: expected several chunks`);
+      }
+      for (let k = 0; k < 4; k++) {
+        assertEquals(Array.from(got[k]), Array.from(want[k]), `T${c.T} result ${k}`);
+      }
+      assertClose(got[0], refAttention(Q, c).out, { atol: 2e-6, rtol: 1e-5 }, `chunked out T${c.T}`);
+    }
   } finally {
     small.destroy();
   }

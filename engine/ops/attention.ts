@@ -1,7 +1,13 @@
 // Causal multi-head self-attention over the fused c_attn output of GPT-2 (HF GPT2Attention layout), for
 // right-padded batches, and its backward. See kernels/attention.ts for the kernels and the masking rules.
 import {
+  type AttnTile,
+  attnTile,
   avKernel,
+  FUSED_MAX_HD,
+  FUSED_MAX_T,
+  fusedKernel,
+  fusedStorageBytes,
   qkKernel,
   rowWorkgroups,
   softmaxBackwardKernel,
@@ -14,6 +20,17 @@ import { bindAll, bindRows } from "./copy.ts";
 
 /** Scratch score chunks (probs not kept, dS of the backward) are capped here to bound peak memory. */
 const SCRATCH_BYTES = 256 * 1024 * 1024;
+
+export interface AttentionOptions {
+  /** Also return the probabilities (the backward needs them). */
+  saveProbs?: boolean;
+  /**
+   * Forces the tiled path with this output tile (a tuning/test knob). Default: sequences up to 32 tokens
+   * (hd ≤ 64) take the fused one-workgroup-per-pair kernel, longer ones the tiled path with the smallest
+   * of 16/32/64 that covers T.
+   */
+  tile?: AttnTile;
+}
 
 export interface AttentionResult {
   /** [B, T, C], heads merged back; zero rows at padded positions. */
@@ -97,7 +114,7 @@ export function attention(
   qkv: Tensor,
   lengths: Tensor,
   nHead: number,
-  opts: { saveProbs?: boolean } = {},
+  opts: AttentionOptions = {},
 ): AttentionResult {
   const what = "attention";
   const g = geometry(what, qkv, lengths, nHead);
@@ -108,6 +125,39 @@ export function attention(
   if (B * T * C === 0) return probs ? { out, probs } : { out };
   const lb = bindAll(lengths, what);
   const scale = 1 / Math.sqrt(hd);
+  const fusedT = T <= 16 ? 16 : T <= FUSED_MAX_T ? 32 : undefined;
+  if (
+    opts.tile === undefined && fusedT && hd <= FUSED_MAX_HD &&
+    fusedStorageBytes(fusedT) <= e.limits.workgroupStorage
+  ) {
+    // short sequences: one workgroup per pair does it all
+    const kernel = fusedKernel(fusedT, probs !== undefined);
+    const chunks = pairChunks(e, g, [3 * C * 4, C * 4], probs ? T * T * 4 : 0, maxPairs(e, g, false), what);
+    for (const [p0, p1] of chunks) {
+      const n = p1 - p0, b0 = Math.floor(p0 / H), b1 = Math.floor((p1 - 1) / H) + 1;
+      const qb = bindRows(qkv, b0 * T, b1 * T, 3 * C), ob = bindRows(out, b0 * T, b1 * T, C);
+      const pb = probs ? [bindRows(probs, p0 * T, p1 * T, T)] : [];
+      e.dispatch(
+        kernel,
+        {
+          T,
+          H,
+          hd,
+          p0,
+          b0,
+          pairs: n,
+          qOff: qb.elemOffset,
+          oOff: ob.elemOffset,
+          pOff: pb[0]?.elemOffset ?? 0,
+          scale,
+        },
+        [lb, qb, ob, ...pb],
+        rowWorkgroups(n),
+      );
+    }
+    return probs ? { out, probs } : { out };
+  }
+  const tile = opts.tile ?? attnTile(T); // short prompts (causal tracing) must not pay for 64×64 tiles
   const chunks = pairChunks(e, g, [3 * C * 4, C * 4], T * T * 4, maxPairs(e, g, !probs), what);
   for (const [p0, p1] of chunks) {
     const n = p1 - p0, b0 = Math.floor(p0 / H), b1 = Math.floor((p1 - 1) / H) + 1;
@@ -116,7 +166,7 @@ export function attention(
     const qb = bindRows(qkv, b0 * T, b1 * T, 3 * C), ob = bindRows(out, b0 * T, b1 * T, C);
     const geo = { T, H, hd, p0, b0 };
     e.dispatch(
-      qkKernel,
+      qkKernel(tile),
       {
         ...geo,
         xStride: 3 * C,
@@ -129,11 +179,11 @@ export function attention(
         scale,
       },
       [lb, qb, qb, sb],
-      tileWorkgroups(T, T, n),
+      tileWorkgroups(tile, T, T, n),
     );
     e.dispatch(softmaxKernel, { T, H, p0, rows: n * T, sOff: sb.elemOffset }, [lb, sb], rowWorkgroups(n * T));
     e.dispatch(
-      avKernel(false),
+      avKernel(tile, false),
       {
         ...geo,
         aOff: sb.elemOffset,
@@ -145,7 +195,7 @@ export function attention(
         oOff: ob.elemOffset,
       },
       [lb, sb, qb, ob],
-      tileWorkgroups(hd, T, n),
+      tileWorkgroups(tile, hd, T, n),
     );
     // Released to the pool in stream order: a later dispatch that reuses the buffer runs after these.
     scratch?.dispose();
@@ -164,6 +214,7 @@ export function attentionBackward(
   dOut: Tensor,
   lengths: Tensor,
   nHead: number,
+  opts: { tile?: AttnTile } = {},
 ): Tensor {
   const what = "attentionBackward";
   const g = geometry(what, qkv, lengths, nHead);
@@ -179,6 +230,7 @@ export function attentionBackward(
   if (B * T * C === 0) return dqkv;
   const lb = bindAll(lengths, what);
   const scale = 1 / Math.sqrt(hd);
+  const tile = opts.tile ?? attnTile(T); // short prompts (causal tracing) must not pay for 64×64 tiles
   const chunks = pairChunks(e, g, [3 * C * 4, 3 * C * 4, C * 4], T * T * 4, maxPairs(e, g, true), what);
   for (const [p0, p1] of chunks) {
     const n = p1 - p0, b0 = Math.floor(p0 / H), b1 = Math.floor((p1 - 1) / H) + 1;
@@ -189,7 +241,7 @@ export function attentionBackward(
     const geo = { T, H, hd, p0, b0 };
     // dP = dO Vᵀ on the visible entries
     e.dispatch(
-      qkKernel,
+      qkKernel(tile),
       {
         ...geo,
         xStride: C,
@@ -202,7 +254,7 @@ export function attentionBackward(
         scale: 1,
       },
       [lb, ob, qb, gb],
-      tileWorkgroups(T, T, n),
+      tileWorkgroups(tile, T, T, n),
     );
     // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP))
     e.dispatch(
@@ -213,7 +265,7 @@ export function attentionBackward(
     );
     const av = (transA: boolean, a: typeof gb, y: typeof qb, yStride: number, yCol: number, oCol: number) =>
       e.dispatch(
-        avKernel(transA),
+        avKernel(tile, transA),
         {
           ...geo,
           aOff: a.elemOffset,
@@ -225,7 +277,7 @@ export function attentionBackward(
           oOff: db.elemOffset,
         },
         [lb, a, y, db],
-        tileWorkgroups(hd, T, n),
+        tileWorkgroups(tile, hd, T, n),
       );
     av(false, gb, qb, 3 * C, C, 0); // dQ = dS K
     av(true, gb, qb, 3 * C, 0, C); // dK = dSᵀ Q

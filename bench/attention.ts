@@ -1,0 +1,126 @@
+// Attention, embedding and plumbing ops at GPT-2 small's shapes (C = 768, 12 heads of 64): forward and
+// backward attention at several T in ms and effective GFLOP/s (causal half of QKᵀ and PV, twice more for
+// the backward), and the memory-bound ops (gather, scatter-add, casts, row copies) in GB/s of bytes moved.
+// The comparison printed beside each is its own roofline quantity, so runs on different devices compare.
+import { type Engine, getEngine } from "../engine/engine.ts";
+import { attention, attentionBackward } from "../engine/ops/attention.ts";
+import { castF16ToF32, castF32ToF16, copyRows } from "../engine/ops/copy.ts";
+import { gatherRows, scatterAddRows } from "../engine/ops/gather.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { randInt, randn } from "../tests/util.ts";
+
+/**
+ * Mean ms of `fn` over `iters` recorded calls with one sync at the end, after a warm-up call (pipeline
+ * compiles); the best of `rounds` such runs, since a shared CPU (lavapipe) makes single runs noisy.
+ */
+async function time(engine: Engine, iters: number, fn: () => unknown, rounds = 3): Promise<number> {
+  const call = () => engine.scope(() => void fn()); // results are temporaries: disposed (to the pool) at once
+  call();
+  await engine.sync();
+  let best = Infinity;
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < iters; i++) call();
+    await engine.sync();
+    best = Math.min(best, (performance.now() - t0) / iters);
+  }
+  return best;
+}
+
+export async function run(
+  engine: Engine,
+  opts: { json: boolean; quick?: boolean },
+): Promise<Record<string, unknown>[]> {
+  const rows: Record<string, unknown>[] = [];
+  const soft = engine.gpu.info.isFallbackAdapter ||
+    /llvmpipe|lavapipe|swiftshader/i.test(engine.gpu.info.description);
+  const C = 768, H = 12, hd = C / H;
+  const attnShapes: [number, number][] = opts.quick
+    ? [[1, 64]]
+    : soft
+    ? [[1, 16], [32, 16], [1, 64], [1, 128], [4, 128], [1, 256]]
+    : [[32, 16], [1, 128], [8, 128], [1, 1024], [8, 1024]];
+  if (!opts.json) {
+    console.log("attention     B      T   fwd ms  fwd GFLOP/s   fwd+probs ms   bwd ms  bwd GFLOP/s");
+  }
+  for (const [B, T] of attnShapes) {
+    const iters = soft ? (B * T >= 512 ? 2 : 5) : 20;
+    const tensors = engine.scope(() => {
+      const qkv = engine.upload(randn(B * T * 3 * C, T), [B, T, 3 * C]);
+      const lengths = engine.upload(Uint32Array.from({ length: B }, (_, b) => T - (b * 13) % T), [B], "u32");
+      const dOut = engine.upload(randn(B * T * C, T + 1), [B, T, C]);
+      const probs = attention(qkv, lengths, H, { saveProbs: true }).probs!;
+      return { qkv, lengths, dOut, probs };
+    });
+    const { qkv, lengths, dOut, probs } = tensors;
+    const fwd = await time(engine, iters, () => attention(qkv, lengths, H));
+    const fwdP = await time(engine, iters, () => attention(qkv, lengths, H, { saveProbs: true }));
+    const bwd = await time(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H));
+    // useful FLOPs over the causal half (full lengths assumed): QKᵀ and PV forward; four such products back
+    const fwdFlops = B * H * 2 * 2 * (T * (T + 1) / 2) * hd;
+    const row = {
+      op: "attention",
+      B,
+      T,
+      C,
+      heads: H,
+      fwdMs: fwd,
+      fwdGflops: fwdFlops / fwd / 1e6,
+      fwdSaveProbsMs: fwdP,
+      bwdMs: bwd,
+      bwdGflops: 2 * fwdFlops / bwd / 1e6,
+    };
+    rows.push(row);
+    if (!opts.json) {
+      console.log(
+        `${"".padEnd(9)} ${String(B).padStart(5)} ${String(T).padStart(6)} ${fwd.toFixed(2).padStart(8)} ${
+          row.fwdGflops.toFixed(1).padStart(12)
+        } ${fwdP.toFixed(2).padStart(14)} ${bwd.toFixed(2).padStart(8)} ${
+          row.bwdGflops.toFixed(1).padStart(12)
+        }`,
+      );
+    }
+    for (const t of Object.values(tensors)) t.dispose();
+  }
+
+  // memory-bound ops: bytes read + written per call
+  const V = opts.quick ? 4096 : 50257, N = opts.quick ? 256 : soft ? 1024 : 8192;
+  const owned: Tensor[] = [];
+  const keep = <T extends Tensor>(t: T): T => {
+    owned.push(engine.keep(t));
+    return t;
+  };
+  const table = keep(engine.upload(randn(V * C, 1, 0.02), [V, C]));
+  const ids = keep(engine.upload(randInt(N, V, 2), [N], "u32"));
+  const dy = keep(engine.upload(randn(N * C, 3), [N, C]));
+  const half = keep(castF32ToF16(table));
+  const dst = keep(engine.zeros([N, C]));
+  const rowsHost = Array.from({ length: N }, (_, k) => (k * 37) % V);
+  const iters = soft ? 3 : 20;
+  const mem: [string, number, () => unknown][] = [
+    [`gatherRows ${V}x${C} table, ${N} ids`, 2 * N * C * 4, () => gatherRows(table, ids)],
+    [`scatterAddRows ${N} rows into ${V}`, (V * C + 2 * N * C) * 4, () => scatterAddRows(dy, ids, V)],
+    [`castF32ToF16 ${V}x${C}`, V * C * 6, () => castF32ToF16(table)],
+    [`castF16ToF32 ${V}x${C}`, V * C * 6, () => castF16ToF32(half)],
+    [`castF32ToF16 bits ${V}x${C}`, V * C * 6, () => castF32ToF16(table, { native: false })],
+    [`copyRows ${N} scattered rows (host list)`, 2 * N * C * 4, () => copyRows(table, rowsHost, dst, null)],
+  ];
+  if (!opts.json) console.log("\nmemory-bound op                                   ms      GB/s");
+  for (const [name, bytes, fn] of mem) {
+    const ms = await time(engine, iters, fn);
+    rows.push({ op: name, ms, gbPerS: bytes / ms / 1e6 });
+    if (!opts.json) {
+      console.log(
+        `${name.padEnd(44)} ${ms.toFixed(3).padStart(9)} ${(bytes / ms / 1e6).toFixed(1).padStart(9)}`,
+      );
+    }
+  }
+  for (const t of owned) t.dispose();
+  return rows;
+}
+
+if (import.meta.main) {
+  const json = Deno.args.includes("--json");
+  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
+  if (json) console.log(JSON.stringify(rows, null, 2));
+}
