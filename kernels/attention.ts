@@ -1,8 +1,10 @@
-// Causal multi-head attention kernels for right-padded batches, forward and backward, as three small
-// tiled kernels instead of one fused kernel, because the backward needs the probabilities anyway:
+// Causal multi-head attention kernels for right-padded batches, forward and backward. The general path
+// is three small tiled kernels rather than one fused kernel, because the backward needs the probabilities
+// anyway:
 //   S = scale·Q Kᵀ (causal-valid tiles only)  →  P = masked softmax(S) in place  →  O = P V.
 // The backward reuses them: dP = dO Vᵀ (qk), dS = scale·P ⊙ (dP − rowsum(P ⊙ dP)) (softmax backward),
-// dQ = dS K (av), dK = dSᵀ Q and dV = Pᵀ dO (av, transposed A).
+// dQ = dS K (av), dK = dSᵀ Q and dV = Pᵀ dO (av, transposed A). Short sequences (T ≤ 32, hd ≤ 64, the
+// causal-tracing case) take one fused kernel per forward instead: a workgroup per (batch, head) pair.
 //
 // Layout: one dispatch covers a chunk of (batch, head) pairs p = b·H + h starting at pair p0 (the op splits
 // the pairs so every bound range fits a storage binding); wid.z is the pair inside the chunk. Row tensors
