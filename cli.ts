@@ -3,6 +3,9 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { getEngine } from "./engine/engine.ts";
 import { add, scale } from "./engine/ops/elementwise.ts";
+import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
+import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
+import { downloadModel } from "./engine/hub.ts";
 
 /** A mistake in how the command was called: printed as one line, exit code 2. */
 export class UsageError extends Error {
@@ -13,7 +16,11 @@ type Options = NonNullable<ParseArgsConfig["options"]>;
 
 function parse(args: string[], options: Options, usage: string): Record<string, unknown> {
   try {
-    const { values } = parseArgs({ args, options: { ...options, help: { type: "boolean", short: "h" } }, strict: true });
+    const { values } = parseArgs({
+      args,
+      options: { ...options, help: { type: "boolean", short: "h" } },
+      strict: true,
+    });
     if (values.help) {
       console.log(usage);
       Deno.exit(0);
@@ -23,6 +30,230 @@ function parse(args: string[], options: Options, usage: string): Record<string, 
     if (e instanceof UsageError) throw e;
     throw new UsageError(`${(e as Error).message}\n\n${usage}`);
   }
+}
+
+// ------------------------------------------------------------------ terminal output
+
+/**
+ * A progress bar on stderr: redrawn in place on a terminal, a plain line every 10% otherwise (CI logs).
+ * Call `update` after each awaited GPU chunk: the event loop is blocked while the GPU works, so timers
+ * would not fire.
+ */
+export class Progress {
+  #start = performance.now();
+  #lastDraw = 0;
+  #lastDecile = -1;
+  #tty = Deno.stderr.isTerminal();
+  #enc = new TextEncoder();
+
+  constructor(readonly label: string, public total: number, readonly quiet = false) {}
+
+  update(done: number, extra = ""): void {
+    if (this.quiet) return;
+    const now = performance.now();
+    const frac = this.total > 0 ? Math.min(1, done / this.total) : 1;
+    const elapsed = (now - this.#start) / 1000;
+    const eta = frac > 0 && frac < 1 ? elapsed * (1 - frac) / frac : 0;
+    const text = `${this.label} ${done}/${this.total} ${(frac * 100).toFixed(0)}%` +
+      `${extra ? " " + extra : ""} ${fmtSeconds(elapsed)}${eta > 0 ? ` eta ${fmtSeconds(eta)}` : ""}`;
+    if (this.#tty) {
+      if (now - this.#lastDraw < 80 && done < this.total) return;
+      this.#lastDraw = now;
+      const width = 24, fill = Math.round(frac * width);
+      const bar = "█".repeat(fill) + "░".repeat(width - fill);
+      Deno.stderr.writeSync(this.#enc.encode(`\r\x1b[K${bar} ${text}`));
+    } else {
+      const decile = Math.floor(frac * 10);
+      if (decile === this.#lastDecile) return;
+      this.#lastDecile = decile;
+      Deno.stderr.writeSync(this.#enc.encode(text + "\n"));
+    }
+  }
+
+  done(extra = ""): void {
+    this.update(this.total, extra);
+    if (this.#tty && !this.quiet) Deno.stderr.writeSync(this.#enc.encode("\n"));
+  }
+}
+
+export function fmtSeconds(s: number): string {
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${Math.floor(m / 60)}h${m % 60}m`;
+}
+
+// ------------------------------------------------------------------ model loading
+
+const MODEL_OPTION = { model: { type: "string" } } as const;
+
+function modelDir(opts: Record<string, unknown>): string {
+  const dir = opts.model as string | undefined;
+  if (!dir) {
+    throw new UsageError("--model DIR is required (a Hugging Face GPT-2 folder; see `deno task download`)");
+  }
+  return dir;
+}
+
+async function loadModel(opts: Record<string, unknown>, quiet = false): Promise<LoadedModel> {
+  const dir = modelDir(opts);
+  const engine = await getEngine();
+  const bar = new Progress(`loading ${dir}`, 1, quiet || Boolean(opts.json));
+  const loaded = await loadGpt2Folder(engine, dir, {
+    onTensor: (d, n) => {
+      bar.total = n;
+      bar.update(d);
+    },
+  });
+  await engine.sync();
+  bar.done();
+  return loaded;
+}
+
+function intOption(opts: Record<string, unknown>, name: string, fallback: number, min = 0): number {
+  const raw = opts[name];
+  if (raw === undefined) return fallback;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < min) {
+    throw new UsageError(`--${name} must be an integer ≥ ${min} (got '${raw}')`);
+  }
+  return v;
+}
+
+function requireText(opts: Record<string, unknown>, name: string): string {
+  const v = opts[name];
+  if (typeof v !== "string" || v.length === 0) throw new UsageError(`--${name} TEXT is required`);
+  return v;
+}
+
+// ------------------------------------------------------------------ predict / generate / tokenize
+
+const PREDICT_USAGE = `deno task predict --model DIR --prompt TEXT [--top-k K] [--json]
+  The most likely next tokens after the prompt, with log-probabilities.`;
+
+async function cmdPredict(args: string[]): Promise<void> {
+  const opts = parse(args, {
+    ...MODEL_OPTION,
+    prompt: { type: "string" },
+    "top-k": { type: "string" },
+    json: { type: "boolean" },
+  }, PREDICT_USAGE);
+  const prompt = requireText(opts, "prompt");
+  const k = intOption(opts, "top-k", 10, 1);
+  const { model, tokenizer } = await loadModel(opts);
+  const ids = tokenizer.encode(prompt);
+  if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
+  const [lp] = await nextTokenLogprobs(model, [ids]);
+  const top = topK(lp, k).map((e) => ({ id: e.id, token: tokenizer.decode([e.id]), logprob: e.logprob }));
+  if (opts.json) {
+    console.log(JSON.stringify({ prompt, ids, top }));
+    return;
+  }
+  console.log(`prompt: ${JSON.stringify(prompt)} (${ids.length} tokens)`);
+  for (const e of top) {
+    console.log(
+      `${(Math.exp(e.logprob) * 100).toFixed(2).padStart(6)}%  ${e.logprob.toFixed(4).padStart(9)}  ${
+        JSON.stringify(e.token)
+      } (${e.id})`,
+    );
+  }
+}
+
+const GENERATE_USAGE =
+  `deno task generate --model DIR --prompt TEXT [--max-tokens N] [--top-k K] [--seed S] [--json]
+  Continues the prompt: greedy with --top-k 1, seeded top-k sampling otherwise (default k 5, 20 tokens).`;
+
+async function cmdGenerate(args: string[]): Promise<void> {
+  const opts = parse(args, {
+    ...MODEL_OPTION,
+    prompt: { type: "string" },
+    "max-tokens": { type: "string" },
+    "top-k": { type: "string" },
+    seed: { type: "string" },
+    json: { type: "boolean" },
+  }, GENERATE_USAGE);
+  const prompt = requireText(opts, "prompt");
+  const maxTokens = intOption(opts, "max-tokens", 20, 1);
+  const k = intOption(opts, "top-k", 5, 1);
+  const seed = intOption(opts, "seed", 0);
+  const { model, tokenizer } = await loadModel(opts);
+  const ids = tokenizer.encode(prompt);
+  if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
+  if (ids.length >= model.config.nPositions) {
+    throw new UsageError(
+      `--prompt has ${ids.length} tokens; the model's context is ${model.config.nPositions}`,
+    );
+  }
+  const bar = new Progress("generating", maxTokens, Boolean(opts.json));
+  const [out] = await generate(model, [ids], { maxTokens, topK: k, seed, onToken: (s) => bar.update(s) });
+  bar.done();
+  const text = tokenizer.decode(out);
+  if (opts.json) console.log(JSON.stringify({ prompt, ids, generated_ids: out, text: prompt + text }));
+  else console.log(prompt + text);
+}
+
+const TOKENIZE_USAGE = `deno task tokenize --model DIR --text TEXT [--json]
+  GPT-2 BPE tokens of the text (only the model folder's tokenizer files are read).`;
+
+function cmdTokenize(args: string[]): Promise<void> {
+  const opts = parse(
+    args,
+    { ...MODEL_OPTION, text: { type: "string" }, json: { type: "boolean" } },
+    TOKENIZE_USAGE,
+  );
+  const text = opts.text;
+  if (typeof text !== "string") throw new UsageError("--text TEXT is required");
+  const tokenizer = loadTokenizer(modelDir(opts));
+  const ids = tokenizer.encode(text);
+  const tokens = ids.map((id) => tokenizer.decode([id]));
+  if (opts.json) console.log(JSON.stringify({ ids, tokens }));
+  else {ids.forEach((id, i) =>
+      console.log(`${String(i).padStart(4)}  ${String(id).padStart(6)}  ${JSON.stringify(tokens[i])}`)
+    );}
+  return Promise.resolve();
+}
+
+const DOWNLOAD_USAGE =
+  `deno task download gpt2|gpt2-medium|gpt2-large|gpt2-xl|OWNER/NAME [--dir DIR] [--revision REV]
+  Fetches a model folder (config, tokenizer, safetensors weights) from the Hugging Face hub; resumable.
+  Uses $HF_ENDPOINT and $HF_TOKEN when set.`;
+
+async function cmdDownload(args: string[]): Promise<void> {
+  let positionals: string[];
+  let values: Record<string, unknown>;
+  try {
+    ({ positionals, values } = parseArgs({
+      args,
+      options: {
+        dir: { type: "string" },
+        revision: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      allowPositionals: true,
+      strict: true,
+    }));
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\n\n${DOWNLOAD_USAGE}`);
+  }
+  if (values.help) return console.log(DOWNLOAD_USAGE);
+  if (positionals.length !== 1) throw new UsageError(`name exactly one model\n\n${DOWNLOAD_USAGE}`);
+  let bar: Progress | undefined;
+  let current = "";
+  const res = await downloadModel(positionals[0], {
+    dir: values.dir as string | undefined,
+    revision: values.revision as string | undefined,
+    endpoint: Deno.env.get("HF_ENDPOINT") || undefined,
+    token: Deno.env.get("HF_TOKEN") || undefined,
+    onProgress: (p) => {
+      if (p.file !== current) {
+        bar?.done();
+        current = p.file;
+        bar = new Progress(p.file, p.total ?? 0);
+      }
+      bar!.update(p.done, `${(p.bytesPerSec / 2 ** 20).toFixed(1)} MiB/s`);
+    },
+  });
+  bar?.done();
+  console.log(`downloaded ${res.files.length} files to ${res.dir}`);
 }
 
 // ------------------------------------------------------------------ info
@@ -38,13 +269,21 @@ async function cmdInfo(args: string[]): Promise<void> {
     console.log(JSON.stringify(info, null, 2));
     return;
   }
-  console.log(`adapter     ${info.description} (vendor ${info.vendor}${info.architecture ? ", " + info.architecture : ""})`);
+  console.log(
+    `adapter     ${info.description} (vendor ${info.vendor}${
+      info.architecture ? ", " + info.architecture : ""
+    })`,
+  );
   console.log(`software    ${info.isFallbackAdapter ? "yes (fallback / CPU adapter)" : "no"}`);
   console.log(`features    ${info.features.join(", ")}`);
   const l = engine.limits;
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
-  console.log(`binding     ${mib(l.maxBindingBytes)} per storage binding, buffers up to ${mib(l.maxBufferSize)}`);
-  console.log(`workgroups  ${l.maxInvocations} invocations, ${l.workgroupStorage} B shared, ${l.maxWorkgroupsPerDim}/dim`);
+  console.log(
+    `binding     ${mib(l.maxBindingBytes)} per storage binding, buffers up to ${mib(l.maxBufferSize)}`,
+  );
+  console.log(
+    `workgroups  ${l.maxInvocations} invocations, ${l.workgroupStorage} B shared, ${l.maxWorkgroupsPerDim}/dim`,
+  );
   console.log(`alignment   storage ${l.storageOffsetAlignment} B, uniform ${l.uniformOffsetAlignment} B`);
 }
 
@@ -63,8 +302,10 @@ async function smokeTest(): Promise<void> {
   let maxErr = 0;
   for (let i = 0; i < n; i++) maxErr = Math.max(maxErr, Math.abs(got[i] - 2 * (a[i] + b[i])));
   const ok = maxErr < 1e-5;
-  console.log(`smoke test  ${ok ? "ok" : "FAILED"}: 2·(a+b) over ${n} values, max error ${maxErr.toExponential(2)}, ` +
-    `${(performance.now() - t0).toFixed(0)} ms`);
+  console.log(
+    `smoke test  ${ok ? "ok" : "FAILED"}: 2·(a+b) over ${n} values, max error ${maxErr.toExponential(2)}, ` +
+      `${(performance.now() - t0).toFixed(0)} ms`,
+  );
   if (!ok) Deno.exit(1);
 }
 
@@ -79,6 +320,10 @@ async function cmdTrace(args: string[]): Promise<void> {
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   info: cmdInfo,
   trace: cmdTrace,
+  predict: cmdPredict,
+  generate: cmdGenerate,
+  tokenize: cmdTokenize,
+  download: cmdDownload,
 };
 
 const USAGE = `usage: deno task <command> [options]   (or: deno run -A cli.ts <command> ...)

@@ -54,6 +54,8 @@ function linear(x: Float64Array, w: Float64Array, b: Float64Array | undefined, n
   return y;
 }
 
+type F64 = Float64Array<ArrayBuffer>;
+
 export interface RefPatch {
   /** Called with (site, layer, token, state) and may return a replacement state. */
   (
@@ -84,8 +86,8 @@ export function referenceForward(
   const get = (n: string) => cache.get(n) ?? cache.set(n, w(n)).get(n)!;
   const wte = get("wte.weight"), wpe = get("wpe.weight");
   let xs: Float64Array[] = ids.map((id, t) => {
-    let e = wte.slice(id * d, id * d + d);
-    e = (opts.patch?.("embed", 0, t, e) as Float64Array | undefined) ?? e;
+    let e: F64 = wte.slice(id * d, id * d + d);
+    e = (opts.patch?.("embed", 0, t, e) as F64 | undefined) ?? e;
     return Float64Array.from(e, (v, i) => v + wpe[t * d + i]);
   });
   for (let l = 0; l < c.nLayer; l++) {
@@ -118,19 +120,19 @@ export function referenceForward(
     }
     xs = xs.map((x, t) => {
       let a = linear(heads[t], get(p + "attn.c_proj.weight"), get(p + "attn.c_proj.bias"), d);
-      a = (opts.patch?.("attn", l, t, a) as Float64Array | undefined) ?? a;
+      a = (opts.patch?.("attn", l, t, a) as F64 | undefined) ?? a;
       const x1 = Float64Array.from(x, (v, i) => v + a[i]);
-      let k = linear(
+      let k: F64 = linear(
         layerNorm(x1, get(p + "ln_2.weight"), get(p + "ln_2.bias"), c.layerNormEps),
         get(p + "mlp.c_fc.weight"),
         get(p + "mlp.c_fc.bias"),
         f,
       ).map(gelu);
-      k = (opts.patch?.("mlpKey", l, t, k) as Float64Array | undefined) ?? k;
+      k = (opts.patch?.("mlpKey", l, t, k) as F64 | undefined) ?? k;
       let m = linear(k, get(p + "mlp.c_proj.weight"), get(p + "mlp.c_proj.bias"), d);
-      m = (opts.patch?.("mlp", l, t, m) as Float64Array | undefined) ?? m;
+      m = (opts.patch?.("mlp", l, t, m) as F64 | undefined) ?? m;
       const x2 = Float64Array.from(x1, (v, i) => v + m[i]);
-      return (opts.patch?.("resid", l, t, x2) as Float64Array | undefined) ?? x2;
+      return (opts.patch?.("resid", l, t, x2) as F64 | undefined) ?? x2;
     });
   }
   const positions = opts.positions ?? [T - 1];

@@ -1,0 +1,102 @@
+// Small GPT-2 model folders written by tests: random weights, a byte-level BPE vocabulary with a few
+// merges, in either key naming (with or without `transformer.`) and f32 or f16 storage.
+import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
+import { writeSafetensorsFile } from "../engine/files.ts";
+import { f32ArrayToF16, type StTensorInput } from "../engine/safetensors.ts";
+import { expectedWeightShapes } from "../engine/gpt2/model.ts";
+import { randomGpt2Weights } from "./gpt2_reference.ts";
+
+/** GPT-2's byte → printable character table (the vocabulary's alphabet). */
+function byteChars(): string[] {
+  const out: string[] = [];
+  let next = 0;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    out.push(String.fromCharCode(printable ? b : 256 + next++));
+  }
+  return out;
+}
+
+const MERGES: [string, string][] = [
+  ["Ġ", "t"],
+  ["h", "e"],
+  ["Ġt", "he"],
+  ["Ġ", "a"],
+  ["i", "n"],
+  ["o", "n"],
+  ["e", "r"],
+];
+
+/** vocab.json / merges.txt of a tiny byte-level BPE: 256 byte tokens, 7 merges, <|endoftext|>. */
+export function tinyVocab(): { vocab: Record<string, number>; merges: string } {
+  const vocab: Record<string, number> = {};
+  byteChars().forEach((c, i) => vocab[c] = i);
+  MERGES.forEach(([a, b], i) => vocab[a + b] = 256 + i);
+  vocab["<|endoftext|>"] = 256 + MERGES.length;
+  return { vocab, merges: "#version: 0.2\n" + MERGES.map(([a, b]) => `${a} ${b}`).join("\n") + "\n" };
+}
+
+export const TINY_CONFIG: Gpt2Config = {
+  nLayer: 3,
+  nHead: 2,
+  nEmbd: 16,
+  nInner: 64,
+  nPositions: 32,
+  vocabSize: 256 + MERGES.length + 1,
+  layerNormEps: 1e-5,
+};
+
+export interface TinyFolderOptions {
+  config?: Gpt2Config;
+  seed?: number;
+  prefix?: boolean;
+  dtype?: "F32" | "F16";
+  /** Also store lm_head.weight (= wte) and the attn.bias buffers, as full HF checkpoints do. */
+  extras?: boolean;
+}
+
+/** Writes a GPT-2 folder; returns the weights as the model will see them (f16-rounded when F16). */
+export async function writeTinyModel(
+  dir: string,
+  o: TinyFolderOptions = {},
+): Promise<Map<string, Float32Array>> {
+  const c = o.config ?? TINY_CONFIG;
+  const weights = randomGpt2Weights(c, o.seed ?? 1);
+  const tensors: StTensorInput[] = [];
+  const seen = new Map<string, Float32Array>();
+  for (const [name, data] of weights) {
+    const full = (o.prefix ? "transformer." : "") + name;
+    if (o.dtype === "F16") {
+      const half = f32ArrayToF16(data);
+      tensors.push({ name: full, dtype: "F16", shape: shapeOf(c, name), data: half });
+      seen.set(name, Float32Array.from(new Float16Array(half.buffer)));
+    } else {
+      tensors.push({ name: full, dtype: "F32", shape: shapeOf(c, name), data });
+      seen.set(name, data);
+    }
+  }
+  if (o.extras) {
+    const wte = tensors.find((t) => t.name.endsWith("wte.weight"))!;
+    tensors.push({ ...wte, name: "lm_head.weight" });
+    for (let l = 0; l < c.nLayer; l++) {
+      const mask = new Uint8Array(c.nPositions * c.nPositions);
+      tensors.push({
+        name: `${o.prefix ? "transformer." : ""}h.${l}.attn.bias`,
+        dtype: "U8",
+        shape: [1, 1, c.nPositions, c.nPositions],
+        data: mask,
+      });
+    }
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  await writeSafetensorsFile(`${dir}/model.safetensors`, tensors, { format: "pt" });
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(gpt2ConfigJson(c), null, 2));
+  const { vocab, merges } = tinyVocab();
+  await Deno.writeTextFile(`${dir}/vocab.json`, JSON.stringify(vocab));
+  await Deno.writeTextFile(`${dir}/merges.txt`, merges);
+  return seen;
+}
+
+function shapeOf(c: Gpt2Config, name: string): number[] {
+  return expectedWeightShapes(c).get(name)!;
+}
