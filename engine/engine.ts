@@ -19,6 +19,7 @@ import {
   type Shape,
   shapeSize,
   Tensor,
+  TensorStorage,
 } from "./tensor.ts";
 
 /** Dispatches recorded before a forced submit; bounds the uniform arena and the latency of one batch. */
@@ -161,7 +162,11 @@ export class Engine {
 
   /** Wraps a buffer the caller gives up into a tensor registered in the current scope. */
   adopt(buffer: GPUBuffer, shape: Shape, dtype: DType): Tensor {
-    const t = new Tensor(this, shape, dtype, buffer);
+    return this.track(new Tensor(this, shape, dtype, new TensorStorage(this, buffer)));
+  }
+
+  /** Registers a new tensor handle in the current scope (if any). */
+  track(t: Tensor): Tensor {
     this.#scopes.at(-1)?.add(t);
     return t;
   }

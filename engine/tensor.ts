@@ -29,26 +29,49 @@ export interface BoundRange {
   elemOffset: number;
 }
 
-export class Tensor {
-  #buffer: GPUBuffer | undefined;
-  readonly size: number;
+/** A pooled GPU buffer shared by every tensor handle that views it; returned to the pool at zero refs. */
+export class TensorStorage {
+  refs = 1;
+  constructor(readonly engine: Engine, public buffer: GPUBuffer | undefined) {}
 
-  constructor(readonly engine: Engine, readonly shape: Shape, readonly dtype: DType, buffer: GPUBuffer) {
+  unref(): void {
+    if (--this.refs === 0 && this.buffer) {
+      this.engine.releaseBuffer(this.buffer);
+      this.buffer = undefined;
+    }
+  }
+}
+
+/**
+ * A handle on a storage with a shape. Each handle holds one reference: `dispose()` drops it (once),
+ * and the buffer goes back to the pool when the last handle is disposed. `view()` (and `reshape`) make
+ * another handle in the current scope; `share()` makes one the caller owns outright (the tape uses it
+ * to keep saved activations alive past the scope that made them).
+ */
+export class Tensor {
+  #storage: TensorStorage;
+  #released = false;
+  readonly size: number;
+  /** Set on leaves whose gradient the tape should compute (parameters, ROME's delta). */
+  requiresGrad = false;
+
+  constructor(readonly engine: Engine, readonly shape: Shape, readonly dtype: DType, storage: TensorStorage) {
     this.size = shapeSize(shape);
-    this.#buffer = buffer;
+    this.#storage = storage;
   }
 
   get byteLength(): number {
     return this.size * DTYPE_BYTES[this.dtype];
   }
 
+  /** True once this handle is disposed (its storage may live on in other handles). */
   get disposed(): boolean {
-    return this.#buffer === undefined;
+    return this.#released || this.#storage.buffer === undefined;
   }
 
   get buffer(): GPUBuffer {
-    if (!this.#buffer) throw new Error(`use of a disposed tensor ${shapeStr(this.shape)} ${this.dtype}`);
-    return this.#buffer;
+    if (this.disposed) throw new Error(`use of a disposed tensor ${shapeStr(this.shape)} ${this.dtype}`);
+    return this.#storage.buffer!;
   }
 
   get rank(): number {
@@ -61,28 +84,42 @@ export class Tensor {
     const align = this.engine.limits.storageOffsetAlignment;
     const startByte = first * eb;
     const offset = Math.floor(startByte / align) * align;
-    const size = Math.ceil((end * eb - offset) / 4) * 4;
+    const size = Math.max(4, Math.ceil((end * eb - offset) / 4) * 4);
     return { buffer: this.buffer, offset, size, elemOffset: (startByte - offset) / eb };
   }
 
   dispose(): void {
-    if (!this.#buffer) return;
-    this.engine.releaseBuffer(this.#buffer);
-    this.#buffer = undefined;
+    if (this.#released) return;
+    this.#released = true;
+    this.#storage.unref();
   }
 
   read(): Promise<HostArray> {
     return this.engine.read(this);
   }
 
-  /** Same buffer, another shape of the same size; the new tensor takes the buffer (this one is consumed). */
-  reshape(shape: Shape): Tensor {
+  #handle(shape: Shape): Tensor {
     if (shapeSize(shape) !== this.size) {
-      throw new RangeError(`cannot reshape ${shapeStr(this.shape)} to ${shapeStr(shape)}`);
+      throw new RangeError(`cannot view ${shapeStr(this.shape)} as ${shapeStr(shape)}`);
     }
-    const t = this.engine.adopt(this.buffer, shape, this.dtype);
-    this.#buffer = undefined;
-    return t;
+    this.buffer; // throws when disposed
+    this.#storage.refs++;
+    return new Tensor(this.engine, shape, this.dtype, this.#storage);
+  }
+
+  /** Another handle on the same data (same size, any shape), registered in the current scope. */
+  view(shape: Shape = this.shape): Tensor {
+    return this.engine.track(this.#handle(shape));
+  }
+
+  /** Same data, another shape of the same size (a view; nothing is copied). */
+  reshape(shape: Shape): Tensor {
+    return this.view(shape);
+  }
+
+  /** A handle the caller owns outright (in no scope); dispose it when done. */
+  share(): Tensor {
+    return this.#handle(this.shape);
   }
 
   toString(): string {
