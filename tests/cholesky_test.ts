@@ -308,6 +308,7 @@ Deno.test("non-positive pivots: status names the first failing column, checked s
     await engine.scopeAsync(async () => {
       const a = engine.upload(c, [n, n]);
       const { status } = cholesky(a);
+      assertEquals([status.dtype, status.shape], ["u32", [1]]);
       const st = await status.read();
       assertEquals([what, failedColumn(st[0])], [what, column]);
       await assertRejects(

@@ -81,7 +81,13 @@ function rhsCount(op: string, n: number, b: Tensor): number {
         `${b.engine.limits.maxBindingBytes}-byte storage binding; solve fewer columns at a time`,
     );
   }
-  return b.rank === 1 ? 1 : b.shape[1];
+  const r = b.rank === 1 ? 1 : b.shape[1];
+  if (r > b.engine.limits.maxWorkgroupsPerDim) {
+    throw new RangeError(
+      `${op}: ${r} right-hand sides exceed ${b.engine.limits.maxWorkgroupsPerDim} per call`,
+    );
+  }
+  return r;
 }
 
 /** Rows [r0, r1) (all columns c0..c1) of an n-column matrix as one binding; `lOff` for the kernel. */
