@@ -51,3 +51,123 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`,
   };
 }
+
+// ---------------------------------------------------------------- backward
+//
+// With xhat = (x - mean) * rstd and dxhat = dy * gamma, the gradient of y = xhat * gamma + beta is
+//   dx     = rstd * (dxhat - mean_c(dxhat) - xhat * mean_c(dxhat * xhat))
+//   dgamma = sum_rows dy * xhat,   dbeta = sum_rows dy
+// from the mean and rstd the forward pass saved. dgamma and dbeta are column sums over every row: no
+// float atomics (their order, hence their rounding, would vary run to run), but two kernels. The first
+// gives each workgroup a block of consecutive rows: it writes dx for them row by row, then each thread
+// sums its own columns over the block into one partial row; the second sums the partial rows in block
+// order. Results are bitwise reproducible.
+
+/**
+ * dx for a block of `rowsPerBlock` rows per workgroup, plus the block's partial [dgamma | dbeta] row of
+ * 2C values. x, dy and dx are chunk ranges of [rows, C] tensors starting at the same element (`off`);
+ * mean and rstd share `statOff`; `partial` is a range of [blocks, 2C] at `pOff`.
+ */
+export function layerNormBackwardKernel(wg: number): KernelSpec {
+  return {
+    key: `layernorm_backward_f32_rowblocks_wg${wg}`,
+    uniforms: [
+      ["rows", "u32"], // rows in this chunk
+      ["C", "u32"],
+      ["rowsPerBlock", "u32"],
+      ["blocks", "u32"], // blocks in this chunk
+      ["off", "u32"],
+      ["statOff", "u32"],
+      ["pOff", "u32"],
+    ],
+    bindings: [
+      { name: "x", access: "read", type: "f32" },
+      { name: "dy", access: "read", type: "f32" },
+      { name: "mean", access: "read", type: "f32" },
+      { name: "rstd", access: "read", type: "f32" },
+      { name: "gamma", access: "read", type: "f32" },
+      { name: "dx", access: "read_write", type: "f32" },
+      { name: "partial", access: "read_write", type: "f32" },
+    ],
+    workgroupSize: [wg, 1, 1],
+    body: /* wgsl */ `
+${WGSL_WG_SUM}
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let block = wid.x + wid.y * nwg.x;
+  if (block >= P.blocks) { return; }
+  let r0 = block * P.rowsPerBlock;
+  let r1 = min(r0 + P.rowsPerBlock, P.rows);
+  let n = f32(P.C);
+  for (var r = r0; r < r1; r = r + 1u) {
+    let base = P.off + r * P.C;
+    let mu = mean[P.statOff + r];
+    let rs = rstd[P.statOff + r];
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var c = lid; c < P.C; c = c + WG_X) {
+      let dxh = dy[base + c] * gamma[c];
+      s1 = s1 + dxh;
+      s2 = s2 + dxh * (x[base + c] - mu) * rs;
+    }
+    let a = wgSum(lid, s1) / n;
+    let b = wgSum(lid, s2) / n;
+    for (var c = lid; c < P.C; c = c + WG_X) {
+      let xh = (x[base + c] - mu) * rs;
+      dx[base + c] = rs * (dy[base + c] * gamma[c] - a - xh * b);
+    }
+  }
+  // Thread lid owns columns lid, lid + WG_X, ...: its partial sums need no synchronisation.
+  let prow = P.pOff + block * 2u * P.C;
+  for (var c = lid; c < P.C; c = c + WG_X) {
+    var g = 0.0;
+    var s = 0.0;
+    for (var r = r0; r < r1; r = r + 1u) {
+      let d = dy[P.off + r * P.C + c];
+      g = g + d * (x[P.off + r * P.C + c] - mean[P.statOff + r]) * rstd[P.statOff + r];
+      s = s + d;
+    }
+    partial[prow + c] = g;
+    partial[prow + P.C + c] = s;
+  }
+}`,
+  };
+}
+
+export const LAYERNORM_COLSUM_WG = 64;
+
+/**
+ * dgamma[c] (+)= sum_b partial[b, c], dbeta[c] (+)= sum_b partial[b, C + c] over `blocks` partial rows
+ * of a [blocks, 2C] range at `pOff`, in block order. One thread per column; `accumulate` = 1 adds to
+ * the running sums of earlier chunks, 0 starts them.
+ */
+export const layerNormColSumKernel: KernelSpec = {
+  key: "layernorm_backward_f32_colsum",
+  uniforms: [["blocks", "u32"], ["C", "u32"], ["pOff", "u32"], ["accumulate", "u32"]],
+  bindings: [
+    { name: "partial", access: "read", type: "f32" },
+    { name: "dgamma", access: "read_write", type: "f32" },
+    { name: "dbeta", access: "read_write", type: "f32" },
+  ],
+  workgroupSize: [LAYERNORM_COLSUM_WG, 1, 1],
+  body: /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let c = gid.x + gid.y * nwg.x * WG_X;
+  if (c >= P.C) { return; }
+  var g = 0.0;
+  var s = 0.0;
+  if (P.accumulate == 1u) {
+    g = dgamma[c];
+    s = dbeta[c];
+  }
+  for (var b = 0u; b < P.blocks; b = b + 1u) {
+    let at = P.pOff + b * 2u * P.C;
+    g = g + partial[at + c];
+    s = s + partial[at + P.C + c];
+  }
+  dgamma[c] = g;
+  dbeta[c] = s;
+}`,
+};

@@ -3,10 +3,16 @@
 // Tensors larger than one storage binding are processed in chunks of whole rows (elements for GELU).
 import { flatWorkgroups, type Workgroups } from "../../kernels/descriptor.ts";
 import { geluBackwardKernel, geluKernel, geluWorkgroups } from "../../kernels/gelu.ts";
-import { layerNormKernel } from "../../kernels/layernorm.ts";
+import {
+  LAYERNORM_COLSUM_WG,
+  layerNormBackwardKernel,
+  layerNormColSumKernel,
+  layerNormKernel,
+} from "../../kernels/layernorm.ts";
 import { rowWorkgroupSize } from "../../kernels/reduce.ts";
 import { softmaxKernel, type SoftmaxKind } from "../../kernels/softmax.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
+import { bindAll, bindRows, rowChunks } from "./copy.ts";
 import { assertF32, rowsCols, unitChunks } from "./reduce.ts";
 
 function rowGroups(x: Tensor, rows: number): Workgroups {
@@ -116,4 +122,108 @@ export function softmax(x: Tensor): Tensor {
 /** log(softmax(x)) over the last dimension, computed as (x - max) - log(sum exp(x - max)). */
 export function logSoftmax(x: Tensor): Tensor {
   return rowSoftmax("logsoftmax", "logSoftmax", x);
+}
+
+// ---------------------------------------------------------------- layerNorm backward
+
+export interface LayerNormGrads {
+  /** Gradient w.r.t. x, shaped like x. */
+  dx: Tensor;
+  /** Gradient w.r.t. gamma, summed over rows, [C]. */
+  dgamma: Tensor;
+  /** Gradient w.r.t. beta, summed over rows, [C]. */
+  dbeta: Tensor;
+}
+
+/**
+ * Rows of the partial [dgamma | dbeta] sums: enough blocks to keep a GPU busy, few enough that the
+ * column sum stays short (and the partials small next to x and dy).
+ */
+const LAYERNORM_BACKWARD_BLOCKS = 256;
+
+/**
+ * Gradients of `layerNorm` from its saved per-row mean and rstd: x, dy [..., C], mean, rstd [rows],
+ * gamma [C]. dgamma and dbeta are reduced without atomics, bitwise reproducible run to run.
+ */
+export function layerNormBackward(
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  gamma: Tensor,
+  dy: Tensor,
+): LayerNormGrads {
+  const what = "layerNormBackward";
+  assertF32(what, x, mean, rstd, gamma, dy);
+  const { rows, cols: C } = rowsCols(what, x);
+  if (dy.rank !== x.rank || dy.shape.some((d, i) => d !== x.shape[i])) {
+    throw new RangeError(`${what}: dy ${shapeStr(dy.shape)} must match x ${shapeStr(x.shape)}`);
+  }
+  if (gamma.rank !== 1 || gamma.size !== C) {
+    throw new RangeError(`${what}: gamma must be [${C}] for x ${shapeStr(x.shape)}, got ${gamma}`);
+  }
+  for (const [name, s] of [["mean", mean], ["rstd", rstd]] as const) {
+    if (s.rank !== 1 || s.size !== rows) {
+      throw new RangeError(
+        `${what}: ${name} must be [${rows}] (one per row of x ${shapeStr(x.shape)}), got ${s}`,
+      );
+    }
+  }
+  const e = x.engine;
+  const dx = e.empty(x.shape), dgamma = e.empty([C]), dbeta = e.empty([C]);
+  if (rows === 0) {
+    e.clear(dgamma);
+    e.clear(dbeta);
+    return { dx, dgamma, dbeta };
+  }
+  // Rows per block: as many blocks as LAYERNORM_BACKWARD_BLOCKS, unless a block would not fit a binding.
+  const maxRowsBound = Math.floor((e.limits.maxBindingBytes - e.limits.storageOffsetAlignment) / (C * 4));
+  if (maxRowsBound < 1) {
+    throw new RangeError(`${what}: a row of ${C} elements exceeds the device's storage binding limit`);
+  }
+  const perBlock = Math.min(Math.ceil(rows / LAYERNORM_BACKWARD_BLOCKS), maxRowsBound);
+  const blocks = Math.ceil(rows / perBlock);
+  e.scope(() => {
+    const partial = e.empty([blocks, 2 * C]);
+    const kernel = layerNormBackwardKernel(rowWorkgroupSize(C));
+    const wb = [perBlock * C * 4, perBlock * 4, 2 * C * 4];
+    for (const [b0, b1] of rowChunks(e, blocks, wb, what)) {
+      const r0 = b0 * perBlock, r1 = Math.min(rows, b1 * perBlock);
+      const xr = bindRows(x, r0, r1, C),
+        sr = bindRows(mean, r0, r1, 1),
+        pr = bindRows(partial, b0, b1, 2 * C);
+      e.dispatch(
+        kernel,
+        {
+          rows: r1 - r0,
+          C,
+          rowsPerBlock: perBlock,
+          blocks: b1 - b0,
+          off: xr.elemOffset,
+          statOff: sr.elemOffset,
+          pOff: pr.elemOffset,
+        },
+        [
+          xr,
+          bindRows(dy, r0, r1, C),
+          sr,
+          bindRows(rstd, r0, r1, 1),
+          bindAll(gamma, what),
+          bindRows(dx, r0, r1, C),
+          pr,
+        ],
+        rowGroups(x, b1 - b0),
+      );
+    }
+    const gb = bindAll(dgamma, what), bb = bindAll(dbeta, what);
+    rowChunks(e, blocks, [2 * C * 4], what).forEach(([b0, b1], i) => {
+      const pr = bindRows(partial, b0, b1, 2 * C);
+      e.dispatch(
+        layerNormColSumKernel,
+        { blocks: b1 - b0, C, pOff: pr.elemOffset, accumulate: i === 0 ? 0 : 1 },
+        [pr, gb, bb],
+        flatWorkgroups(Math.ceil(C / LAYERNORM_COLSUM_WG), e.limits.maxWorkgroupsPerDim),
+      );
+    });
+  });
+  return { dx, dgamma, dbeta };
 }
