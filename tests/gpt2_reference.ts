@@ -67,14 +67,15 @@ export interface RefPatch {
 }
 
 /**
- * Log-probabilities of the next token at every position of one prompt, in float64. `patch` mirrors the
+ * Log-probabilities (or with `raw`, logits) of the next token at the given positions (default: the last)
+ * of one prompt, in float64. `patch` mirrors the
  * engine's hook sites so hook semantics can be checked against the same equations.
  */
 export function referenceForward(
   c: Gpt2Config,
   W: Map<string, Float32Array | Float64Array>,
   ids: readonly number[],
-  opts: { positions?: number[]; patch?: RefPatch } = {},
+  opts: { positions?: number[]; patch?: RefPatch; raw?: boolean } = {},
 ): Float64Array[] {
   const d = c.nEmbd, H = c.nHead, hd = d / H, f = c.nInner, T = ids.length;
   const w = (n: string) => {
@@ -144,6 +145,7 @@ export function referenceForward(
       for (let k = 0; k < d; k++) dot += h[k] * wte[v * d + k];
       logits[v] = dot;
     }
+    if (opts.raw) return logits;
     let mx = -Infinity;
     for (const v of logits) mx = Math.max(mx, v);
     let z = 0;

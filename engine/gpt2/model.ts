@@ -3,12 +3,19 @@
 // different lengths. Hook points (hooks.ts) read or patch states in flight; logits are computed only at
 // the positions asked for (never a [B, T, vocab] tensor unless asked).
 import type { Engine } from "../engine.ts";
-import { add } from "../ops/elementwise.ts";
-import { matmul } from "../ops/matmul.ts";
-import { gelu, layerNorm } from "../ops/nn.ts";
-import { attention } from "../ops/attention.ts";
-import { addPositions, gatherRows } from "../ops/gather.ts";
-import { copyRows, selectRows } from "../ops/copy.ts";
+import {
+  add,
+  addPositions,
+  attention,
+  clone,
+  gatherRows,
+  gelu,
+  layerNorm,
+  matmul,
+  reshape,
+  selectRows,
+  withRows,
+} from "../ops.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
 import type { Gpt2Config } from "./config.ts";
 import { type Hook, hookKey, planHooks, type Pos, type Site } from "./hooks.ts";
@@ -113,19 +120,19 @@ export class Gpt2Model {
 
       let tok = gatherRows(this.w("wte.weight"), idsT); // [B·T, d]
       tok = at("embed", 0, tok);
-      let x = addPositions(tok.reshape([B, T, c.nEmbd]), this.w("wpe.weight")).reshape([B * T, c.nEmbd]);
+      let x = reshape(addPositions(reshape(tok, [B, T, c.nEmbd]), this.w("wpe.weight")), [B * T, c.nEmbd]);
       for (let l = 0; l < c.nLayer; l++) {
         const p = `h.${l}.`;
-        const h1 = layerNorm(x, this.w(p + "ln_1.weight"), this.w(p + "ln_1.bias"), c.layerNormEps).y;
+        const h1 = layerNorm(x, this.w(p + "ln_1.weight"), this.w(p + "ln_1.bias"), c.layerNormEps);
         const qkv = matmul(h1, this.w(p + "attn.c_attn.weight"), { bias: this.w(p + "attn.c_attn.bias") });
-        const heads = attention(qkv.reshape([B, T, 3 * c.nEmbd]), lengthsT, c.nHead).out.reshape([
+        const heads = reshape(attention(reshape(qkv, [B, T, 3 * c.nEmbd]), lengthsT, c.nHead), [
           B * T,
           c.nEmbd,
         ]);
         let a = matmul(heads, this.w(p + "attn.c_proj.weight"), { bias: this.w(p + "attn.c_proj.bias") });
         a = at("attn", l, a);
         x = add(x, a);
-        const h2 = layerNorm(x, this.w(p + "ln_2.weight"), this.w(p + "ln_2.bias"), c.layerNormEps).y;
+        const h2 = layerNorm(x, this.w(p + "ln_2.weight"), this.w(p + "ln_2.bias"), c.layerNormEps);
         let k = gelu(matmul(h2, this.w(p + "mlp.c_fc.weight"), { bias: this.w(p + "mlp.c_fc.bias") }));
         k = at("mlpKey", l, k);
         let m = matmul(k, this.w(p + "mlp.c_proj.weight"), { bias: this.w(p + "mlp.c_proj.bias") });
@@ -138,7 +145,7 @@ export class Gpt2Model {
         x,
         e.upload(Uint32Array.from(positions.map(([r, t]) => r * T + t)), [positions.length], "u32"),
       );
-      const hf = layerNorm(last, this.w("ln_f.weight"), this.w("ln_f.bias"), c.layerNormEps).y;
+      const hf = layerNorm(last, this.w("ln_f.weight"), this.w("ln_f.bias"), c.layerNormEps);
       const unembed = this.weights.get("lm_head.weight") ?? this.w("wte.weight");
       return { logits: matmul(hf, unembed, { transB: true }) };
     });
@@ -191,19 +198,6 @@ export class Gpt2Model {
       throw new RangeError(`hook ${kind}: value ${shapeStr(v.shape)}, expected [${n}, ${width}]`);
     }
   }
-}
-
-function clone(x: Tensor): Tensor {
-  const out = x.engine.empty(x.shape, x.dtype);
-  x.engine.copy(x.buffer, 0, out.buffer, 0, Math.ceil(x.byteLength / 4) * 4);
-  return out;
-}
-
-/** x with rows `idx` replaced by the rows of `v` (a new tensor; x is left as it was). */
-function withRows(x: Tensor, idx: Tensor, v: Tensor): Tensor {
-  const out = clone(x);
-  copyRows(v, null, out, idx);
-  return out;
 }
 
 function logitPositions(at: LogitsAt, lengths: readonly number[], T: number): Pos[] {
