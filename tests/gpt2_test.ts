@@ -223,3 +223,30 @@ Deno.test("GPT-2 small shapes (124M, random weights): last-position log-probs ma
   for (const t of model.weights.values()) t.dispose();
   engine.pool.trim();
 });
+
+Deno.test("forward can start at a layer from a given residual stream and matches the full run", async () => {
+  const c = TINY_CONFIG;
+  const { model } = tinyModel(c, 8);
+  const ids = [[5, 6, 7, 8], [9, 10]];
+  for (const layer of [1, 2, c.nLayer]) {
+    const full = model.forward(ids, {
+      hooks: [{ site: "resid", layer: layer - 1, kind: "read", name: "h" }],
+      logits: "all",
+    });
+    const resid = full.captures.get("h")!;
+    const part = model.forward(ids, { start: { layer, resid }, logits: "all" });
+    const [a, b] = await engine.readMany([full.logits!, part.logits!]);
+    deepStrictEqual(Array.from(b), Array.from(a));
+    for (const t of [full.logits!, part.logits!, resid]) t.dispose();
+  }
+  throws(
+    () =>
+      model.forward(ids, {
+        start: { layer: 2, resid: engine.zeros([8, c.nEmbd]) },
+        hooks: [{ site: "mlp", layer: 1, kind: "read", name: "x" }],
+      }),
+    /below the start layer/,
+  );
+  throws(() => model.forward(ids, { start: { layer: 1, resid: engine.zeros([3, c.nEmbd]) } }), /start state/);
+  for (const t of model.weights.values()) t.dispose();
+});

@@ -46,6 +46,12 @@ export type LogitsAt = "last" | "all" | "none" | readonly Pos[];
 export interface ForwardOptions {
   hooks?: readonly Hook[];
   logits?: LogitsAt;
+  /**
+   * Start at block `layer` from a given residual stream [B·T, d] (the output of block layer−1, or the
+   * embeddings for layer 0) instead of embedding the tokens: states below a patched layer that a caller
+   * already has need not be recomputed (causal tracing's restored cells).
+   */
+  start?: { layer: number; resid: Tensor };
 }
 
 export interface ForwardResult {
@@ -109,19 +115,42 @@ export class Gpt2Model {
       })
     );
     const plan = planHooks(opts.hooks ?? [], c.nLayer, lengths);
+    const first = opts.start?.layer ?? 0;
+    if (opts.start) {
+      const { layer, resid } = opts.start;
+      if (!Number.isInteger(layer) || layer < 0 || layer > c.nLayer) {
+        throw new RangeError(`forward: start layer ${layer} outside 0..${c.nLayer}`);
+      }
+      if (resid.rank !== 2 || resid.shape[0] !== B * T || resid.shape[1] !== c.nEmbd) {
+        throw new RangeError(
+          `forward: start state ${shapeStr(resid.shape)}, expected [${B * T}, ${c.nEmbd}]`,
+        );
+      }
+      for (const h of opts.hooks ?? []) {
+        if (h.site === "embed" || h.layer < layer) {
+          throw new RangeError(
+            `forward: hook at ${hookKey(h.site, h.layer)} lies below the start layer ${layer}`,
+          );
+        }
+      }
+    }
     const positions = logitPositions(opts.logits ?? "last", lengths, T);
     const captures = new Map<string, Tensor>();
 
     const result = e.scope(() => {
-      const idsT = e.upload(flat, [B * T], "u32");
+      const idsT = opts.start ? undefined : e.upload(flat, [B * T], "u32");
       const lengthsT = e.upload(Uint32Array.from(lengths), [B], "u32");
       const at = (site: Site, layer: number, x: Tensor) =>
         this.#applyHooks(plan.get(hookKey(site, layer)), x, T, captures);
 
-      let tok = gatherRows(this.w("wte.weight"), idsT); // [B·T, d]
-      tok = at("embed", 0, tok);
-      let x = reshape(addPositions(reshape(tok, [B, T, c.nEmbd]), this.w("wpe.weight")), [B * T, c.nEmbd]);
-      for (let l = 0; l < c.nLayer; l++) {
+      let x: Tensor;
+      if (opts.start) x = opts.start.resid;
+      else {
+        let tok = gatherRows(this.w("wte.weight"), idsT!); // [B·T, d]
+        tok = at("embed", 0, tok);
+        x = reshape(addPositions(reshape(tok, [B, T, c.nEmbd]), this.w("wpe.weight")), [B * T, c.nEmbd]);
+      }
+      for (let l = first; l < c.nLayer; l++) {
         const p = `h.${l}.`;
         const h1 = layerNorm(x, this.w(p + "ln_1.weight"), this.w(p + "ln_1.bias"), c.layerNormEps);
         const qkv = matmul(h1, this.w(p + "attn.c_attn.weight"), { bias: this.w(p + "attn.c_attn.bias") });
