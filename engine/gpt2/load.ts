@@ -80,11 +80,13 @@ export function buildGpt2(
   const wanted = [...expectedWeightShapes(config).keys()];
   if (opts.tied === false && names.has("lm_head.weight")) wanted.push("lm_head.weight");
   const weights: Gpt2Weights = new Map();
+  const hash = new ContentHash();
   try {
     wanted.forEach((canon, i) => {
       const name = names.get(canon)!;
       const shape = src.tensors.get(name)!.shape;
       const data = src.read(name);
+      hash.update(`${canon}:${shape.join("x")}`, data);
       const t = engine.upload(data, shape);
       engine.keep(t);
       weights.set(canon, t);
@@ -94,5 +96,35 @@ export function buildGpt2(
     for (const t of weights.values()) t.dispose();
     throw e;
   }
-  return new Gpt2Model(engine, config, weights);
+  return new Gpt2Model(engine, config, weights, hash.hex());
+}
+
+/**
+ * A fast 64-bit content hash (two FNV-1a lanes over the f32 words) identifying a model's weights in
+ * caches and output files. Not cryptographic: it names results, it does not protect anything.
+ */
+export class ContentHash {
+  #a = 0x811c9dc5;
+  #b = 0x01000193 ^ 0x5bd1e995;
+
+  update(label: string, data: Float32Array): void {
+    for (let i = 0; i < label.length; i++) this.#word(label.charCodeAt(i));
+    const w = new Uint32Array(data.buffer, data.byteOffset, data.length);
+    let a = this.#a, b = this.#b;
+    for (let i = 0; i < w.length; i++) {
+      a = Math.imul(a ^ w[i], 0x01000193);
+      b = Math.imul(b ^ w[i] ^ (a >>> 15), 0x5bd1e995);
+    }
+    this.#a = a;
+    this.#b = b;
+  }
+
+  #word(v: number): void {
+    this.#a = Math.imul(this.#a ^ v, 0x01000193);
+    this.#b = Math.imul(this.#b ^ v ^ (this.#a >>> 15), 0x5bd1e995);
+  }
+
+  hex(): string {
+    return (this.#a >>> 0).toString(16).padStart(8, "0") + (this.#b >>> 0).toString(16).padStart(8, "0");
+  }
 }

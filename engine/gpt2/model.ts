@@ -71,6 +71,8 @@ export class Gpt2Model {
     readonly engine: Engine,
     readonly config: Gpt2Config,
     readonly weights: Gpt2Weights,
+    /** Content hash of the weights as loaded (edits that change weights update it). */
+    public hash = "unhashed",
   ) {
     for (const [name, shape] of expectedWeightShapes(config)) {
       const w = weights.get(name);
