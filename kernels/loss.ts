@@ -75,10 +75,14 @@ const f32Out = (name: string): StorageBinding => ({ name, access: "read_write", 
 export function crossEntropyKernel(wg: number, weighted: boolean): KernelSpec {
   return {
     key: `crossentropy_f32_rows_online_wg${wg}${weighted ? "_weighted" : ""}`,
-    uniforms: [["rows", "u32"], ["V", "u32"], ["off", "u32"], ["vOff", "u32"], ["sOff", "u32"], [
-      "nan",
-      "f32",
-    ]],
+    uniforms: [
+      ["rows", "u32"],
+      ["V", "u32"],
+      ["off", "u32"],
+      ["vOff", "u32"],
+      ["sOff", "u32"],
+      ["nan", "f32"],
+    ],
     bindings: [
       f32In("logits"),
       { name: "targets", access: "read", type: "u32" },

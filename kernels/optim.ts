@@ -61,12 +61,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
  *   d = g + wd * p;   momentum: buf = first ? d : momentum * buf + d,  d = buf;   p -= lr * d
  */
 export function sgdKernel(momentum: boolean): KernelSpec {
+  // PyTorch starts the buffer at the first step's d (not at zero), then buf = momentum * buf + d.
+  const withMomentum = /* wgsl */ `
+  if (P.first == 0u) { d = P.momentum * buf[k] + d; }
+  buf[k] = d;`;
   return {
     key: `optim_sgd_f32${momentum ? "_momentum" : ""}`,
-    uniforms: [["n", "u32"], ["off", "u32"], ["lr", "f32"], ["wd", "f32"], ["momentum", "f32"], [
-      "first",
-      "u32",
-    ]],
+    uniforms: [
+      ["n", "u32"],
+      ["off", "u32"],
+      ["lr", "f32"],
+      ["wd", "f32"],
+      ["momentum", "f32"],
+      ["first", "u32"],
+    ],
     bindings: [
       { name: "p", access: "read_write", type: "f32" },
       { name: "g", access: "read", type: "f32" },
@@ -81,14 +89,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let k = P.off + i;
   let param = p[k];
   var d = g[k];
-  if (P.wd != 0.0) { d = d + P.wd * param; }
-  ${
-      momentum
-        ? `// PyTorch initialises the buffer to the first step's d (not zero), then buf = momentum * buf + d
-  if (P.first == 0u) { d = P.momentum * buf[k] + d; }
-  buf[k] = d;`
-        : ""
-    }
+  if (P.wd != 0.0) { d = d + P.wd * param; }${momentum ? withMomentum : ""}
   p[k] = param - P.lr * d;
 }`,
   };
