@@ -151,6 +151,7 @@ export class Engine {
     // land before those commands run.
     const buf = this.pool.acquire(n * DTYPE_BYTES[dt], (b) => this.#pendingUse(b));
     const bytes = new Uint8Array(host.buffer as ArrayBuffer, host.byteOffset, host.byteLength);
+    if (bytes.byteLength === 0) return this.adopt(buf, shape, dt); // a 0-byte write panics Deno 2.9.6
     if (bytes.byteLength % 4 === 0) this.device.queue.writeBuffer(buf, 0, bytes);
     else {
       const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);

@@ -13,6 +13,12 @@ import {
 } from "./ops/gather.ts";
 import { copyRows, selectRows as rawSelectRows } from "./ops/copy.ts";
 import { sum as rawSum } from "./ops/reduce.ts";
+import {
+  crossEntropy as rawCrossEntropy,
+  crossEntropyBackward,
+  klDivergence as rawKlDivergence,
+  klDivergenceBackward,
+} from "./ops/loss.ts";
 import type { Tensor } from "./tensor.ts";
 
 export { logSoftmax, softmax } from "./ops/nn.ts";
@@ -211,6 +217,30 @@ export function withRows(x: Tensor, rows: Tensor, v: Tensor): Tensor {
     return [dx, needs[1] ? rawSelectRows(g, sr) : undefined];
   });
   return out;
+}
+
+// ---------------------------------------------------------------- losses
+
+/** Per-row (weighted) negative log-likelihood of `targets` under softmax(logits): [n]. */
+export function crossEntropy(logits: Tensor, targets: Tensor, weights?: Tensor): Tensor {
+  const { loss, saved } = rawCrossEntropy(logits, targets, weights);
+  const keep = weights ? [logits, targets, saved, weights] : [logits, targets, saved];
+  activeTape()?.record(
+    loss,
+    [logits],
+    keep,
+    (g, _n, [sl, st, ss, sw]) => [crossEntropyBackward(sl, st, sw, ss, g)],
+  );
+  return loss;
+}
+
+/** Per-row KL(p0 ‖ softmax(logits)) with p0 given as fixed log-probabilities: [n]. */
+export function klDivergence(logits: Tensor, logProbsRef: Tensor): Tensor {
+  const { loss, saved } = rawKlDivergence(logits, logProbsRef);
+  activeTape()?.record(loss, [logits], [logits, logProbsRef, saved], (g, _n, [sl, sr, ss]) => [
+    klDivergenceBackward(sl, sr, ss, g),
+  ]);
+  return loss;
 }
 
 export { clone };

@@ -313,3 +313,42 @@ Deno.test("tape: nothing is recorded without a tape or without inputs that requi
     equal(tape.size, 0);
   });
 });
+
+Deno.test("grad: cross-entropy (weighted) and KL divergence w.r.t. logits", async () => {
+  const [n, V] = [4, 13];
+  const targets = [3, 0, 12, 7], w = [1, 0.5, 0, 2];
+  const lse = (x: Float64Array, r: number) => {
+    const row = x.subarray(r * V, r * V + V), m = Math.max(...row);
+    return m + Math.log(row.reduce((s, v) => s + Math.exp(v - m), 0));
+  };
+  await check(
+    "crossEntropy",
+    [input([n, V], 51, 2), { shape: [n], data: Float32Array.from(targets), grad: false, dtype: "u32" }, {
+      shape: [n],
+      data: Float32Array.from(w),
+      grad: false,
+    }],
+    ([l, t, wt]) => op.crossEntropy(l, t, wt),
+    ([l]) => targets.map((t, r) => w[r] * (lse(l, r) - l[r * V + t])),
+  );
+  const ref = input([n, V], 52, 1.5, false);
+  const refLogp = Float64Array.from(ref.data);
+  for (let r = 0; r < n; r++) {
+    const z = lse(refLogp, r);
+    for (let v = 0; v < V; v++) refLogp[r * V + v] -= z;
+  }
+  await check(
+    "klDivergence",
+    [input([n, V], 53, 2), { ...ref, data: Float32Array.from(refLogp) }],
+    ([l, p0]) => op.klDivergence(l, p0),
+    ([l]) =>
+      Array.from({ length: n }, (_, r) => {
+        const z = lse(l, r);
+        let s = 0;
+        for (let v = 0; v < V; v++) {
+          s += Math.exp(refLogp[r * V + v]) * (refLogp[r * V + v] - (l[r * V + v] - z));
+        }
+        return s;
+      }),
+  );
+});

@@ -101,29 +101,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, weights?: Tensor):
       flatWorkgroups(r1 - r0, e.limits.maxWorkgroupsPerDim),
     );
   }
-  const dlogits = (g?: Tensor): Tensor => {
-    checkUpstream(what, g, n);
-    const out = e.empty([n, V]);
-    const back = crossEntropyBackwardKernel(weighted, g !== undefined);
-    for (const [r0, r1] of chunks(logits, n, V, CE_SAVED, what)) {
-      const lr = bindRows(logits, r0, r1, V), tr = bindRows(targets, r0, r1, 1);
-      const sr = bindRows(saved, r0, r1, CE_SAVED);
-      e.dispatch(
-        back,
-        { n: (r1 - r0) * V, V, off: lr.elemOffset, vOff: tr.elemOffset, sOff: sr.elemOffset, nan: NaN },
-        [
-          lr,
-          tr,
-          ...(weights ? [bindRows(weights, r0, r1, 1)] : []),
-          ...(g ? [bindRows(g, r0, r1, 1)] : []),
-          sr,
-          bindRows(out, r0, r1, V),
-        ],
-        lossGradWorkgroups((r1 - r0) * V, e.limits.maxWorkgroupsPerDim),
-      );
-    }
-    return out;
-  };
+  const dlogits = (g?: Tensor): Tensor => crossEntropyBackward(logits, targets, weights, saved, g);
   return { loss, saved, dlogits };
 }
 
@@ -155,21 +133,67 @@ export function klDivergence(logitsNew: Tensor, logProbsRef: Tensor): KlDivergen
       flatWorkgroups(r1 - r0, e.limits.maxWorkgroupsPerDim),
     );
   }
-  const dlogits = (g?: Tensor): Tensor => {
-    checkUpstream(what, g, n);
-    const out = e.empty([n, V]);
-    const back = klDivergenceBackwardKernel(g !== undefined);
-    for (const [r0, r1] of chunks(logitsNew, n, V, KL_SAVED, what)) {
-      const lr = bindRows(logitsNew, r0, r1, V), sr = bindRows(saved, r0, r1, KL_SAVED);
-      const gr = g ? bindRows(g, r0, r1, 1) : undefined;
-      e.dispatch(
-        back,
-        { n: (r1 - r0) * V, V, off: lr.elemOffset, vOff: gr?.elemOffset ?? 0, sOff: sr.elemOffset },
-        [lr, bindRows(logProbsRef, r0, r1, V), ...(gr ? [gr] : []), sr, bindRows(out, r0, r1, V)],
-        lossGradWorkgroups((r1 - r0) * V, e.limits.maxWorkgroupsPerDim),
-      );
-    }
-    return out;
-  };
+  const dlogits = (g?: Tensor): Tensor => klDivergenceBackward(logitsNew, logProbsRef, saved, g);
   return { loss, saved, dlogits };
+}
+
+/** The gradient of `crossEntropy` w.r.t. its logits, from the forward's inputs and `saved` rows. */
+export function crossEntropyBackward(
+  logits: Tensor,
+  targets: Tensor,
+  weights: Tensor | undefined,
+  saved: Tensor,
+  g?: Tensor,
+): Tensor {
+  const what = "crossEntropy";
+  const { n, V } = logitRows(what, logits);
+  const e = logits.engine;
+  const weighted = weights !== undefined;
+  checkUpstream(what, g, n);
+  const out = e.empty([n, V]);
+  const back = crossEntropyBackwardKernel(weighted, g !== undefined);
+  for (const [r0, r1] of chunks(logits, n, V, CE_SAVED, what)) {
+    const lr = bindRows(logits, r0, r1, V), tr = bindRows(targets, r0, r1, 1);
+    const sr = bindRows(saved, r0, r1, CE_SAVED);
+    e.dispatch(
+      back,
+      { n: (r1 - r0) * V, V, off: lr.elemOffset, vOff: tr.elemOffset, sOff: sr.elemOffset, nan: NaN },
+      [
+        lr,
+        tr,
+        ...(weights ? [bindRows(weights, r0, r1, 1)] : []),
+        ...(g ? [bindRows(g, r0, r1, 1)] : []),
+        sr,
+        bindRows(out, r0, r1, V),
+      ],
+      lossGradWorkgroups((r1 - r0) * V, e.limits.maxWorkgroupsPerDim),
+    );
+  }
+  return out;
+}
+
+/** The gradient of `klDivergence` w.r.t. the new logits, from the forward's inputs and `saved` rows. */
+export function klDivergenceBackward(
+  logitsNew: Tensor,
+  logProbsRef: Tensor,
+  saved: Tensor,
+  g?: Tensor,
+): Tensor {
+  const what = "klDivergence";
+  const { n, V } = logitRows(what, logitsNew);
+  const e = logitsNew.engine;
+  checkUpstream(what, g, n);
+  const out = e.empty([n, V]);
+  const back = klDivergenceBackwardKernel(g !== undefined);
+  for (const [r0, r1] of chunks(logitsNew, n, V, KL_SAVED, what)) {
+    const lr = bindRows(logitsNew, r0, r1, V), sr = bindRows(saved, r0, r1, KL_SAVED);
+    const gr = g ? bindRows(g, r0, r1, 1) : undefined;
+    e.dispatch(
+      back,
+      { n: (r1 - r0) * V, V, off: lr.elemOffset, vOff: gr?.elemOffset ?? 0, sOff: sr.elemOffset },
+      [lr, bindRows(logProbsRef, r0, r1, V), ...(gr ? [gr] : []), sr, bindRows(out, r0, r1, V)],
+      lossGradWorkgroups((r1 - r0) * V, e.limits.maxWorkgroupsPerDim),
+    );
+  }
+  return out;
 }
