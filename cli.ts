@@ -6,6 +6,16 @@ import { add, scale } from "./engine/ops/elementwise.ts";
 import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
 import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
 import { downloadModel } from "./engine/hub.ts";
+import { dirname } from "node:path";
+import { existsSync } from "node:fs";
+import { readSafetensorsFile } from "./engine/files.ts";
+import type { Gpt2Config } from "./engine/gpt2/config.ts";
+import { buildGpt2 } from "./engine/gpt2/load.ts";
+import { expectedWeightShapes, type Gpt2Model } from "./engine/gpt2/model.ts";
+import type { Gpt2Tokenizer } from "./engine/gpt2/tokenizer.ts";
+import { epochOrder, initGpt2Weights, packDocuments, Trainer, type TrainHyper } from "./engine/gpt2/train.ts";
+import { saveGpt2Folder } from "./engine/gpt2/folder.ts";
+import { topOneAccuracy } from "./eval/knowledge.ts";
 
 /** A mistake in how the command was called: printed as one line, exit code 2. */
 export class UsageError extends Error {
@@ -256,6 +266,302 @@ async function cmdDownload(args: string[]): Promise<void> {
   console.log(`downloaded ${res.files.length} files to ${res.dir}`);
 }
 
+// ------------------------------------------------------------------ train / train-demo / facts
+
+const TRAIN_USAGE =
+  `deno task train --config FILE --corpus FILE --out DIR [--tokenizer DIR] [--steps N] [--fresh] [--json]
+  Trains a GPT-2-architecture model from scratch on a text corpus (documents separated by lines holding
+  only <|endoftext|>) and writes Hugging Face checkpoints to DIR (config.json, model.safetensors,
+  vocab.json, merges.txt, plus trainer state). An interrupted run resumes from DIR's last checkpoint
+  unless --fresh. --tokenizer defaults to the corpus's folder (vocab.json + merges.txt).`;
+
+interface TrainFileConfig {
+  model: { n_layer: number; n_head: number; n_embd: number; n_positions: number };
+  train: {
+    batch_size: number;
+    lr: number;
+    min_lr_ratio?: number;
+    warmup_steps?: number;
+    epochs?: number;
+    steps?: number;
+    weight_decay?: number;
+    grad_clip?: number;
+    seed?: number;
+    checkpoint_every?: number;
+  };
+}
+
+function readTrainConfig(path: string): TrainFileConfig {
+  let j: TrainFileConfig;
+  try {
+    j = JSON.parse(Deno.readTextFileSync(path));
+  } catch (e) {
+    throw new UsageError(`--config ${path}: ${(e as Error).message}`);
+  }
+  const need = (o: Record<string, unknown> | undefined, k: string, where: string) => {
+    const v = o?.[k];
+    if (typeof v !== "number" || !(v > 0)) {
+      throw new UsageError(`--config ${path}: ${where}.${k} must be a positive number`);
+    }
+  };
+  for (const k of ["n_layer", "n_head", "n_embd", "n_positions"]) need(j.model as never, k, "model");
+  for (const k of ["batch_size", "lr"]) need(j.train as never, k, "train");
+  if (j.model.n_embd % j.model.n_head !== 0) {
+    throw new UsageError(`--config ${path}: n_embd must be divisible by n_head`);
+  }
+  return j;
+}
+
+/** Documents of a corpus file, tokenized, each ending with <|endoftext|>. */
+function readCorpus(path: string, tokenizer: Gpt2Tokenizer): number[][] {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch {
+    throw new UsageError(`--corpus ${path}: cannot read the file`);
+  }
+  if (tokenizer.eosId < 0) throw new UsageError("the tokenizer has no <|endoftext|> token");
+  // <|endoftext|> in the text is a separator line, never tokenized as text (it would be 7 tokens)
+  return text.split(/\n?<\|endoftext\|>\n?/).map((d) => d.trim()).filter((d) => d.length > 0)
+    .map((d) => [...tokenizer.encode(d), tokenizer.eosId]);
+}
+
+export async function train(opts: {
+  config: string;
+  corpus: string;
+  out: string;
+  tokenizerDir?: string;
+  steps?: number;
+  fresh?: boolean;
+  json?: boolean;
+}): Promise<{ steps: number; loss: number; seconds: number; tokensPerSecond: number }> {
+  const cfg = readTrainConfig(opts.config);
+  const tokDir = opts.tokenizerDir ?? dirname(opts.corpus);
+  const tokenizer = loadTokenizer(tokDir);
+  const docs = readCorpus(opts.corpus, tokenizer);
+  const T = cfg.model.n_positions;
+  const rows = packDocuments(docs, T);
+  const hyperBase = cfg.train;
+  const B = hyperBase.batch_size;
+  const stepsPerEpoch = Math.floor(rows.length / B);
+  if (stepsPerEpoch < 1) {
+    throw new UsageError(`the corpus packs into ${rows.length} rows, fewer than one batch of ${B}`);
+  }
+  const totalSteps = opts.steps ?? hyperBase.steps ?? Math.round((hyperBase.epochs ?? 1) * stepsPerEpoch);
+  const hyper: TrainHyper = {
+    batchSize: B,
+    lr: hyperBase.lr,
+    minLrRatio: hyperBase.min_lr_ratio ?? 0.1,
+    warmupSteps: hyperBase.warmup_steps ?? Math.min(100, Math.ceil(totalSteps / 20)),
+    steps: totalSteps,
+    weightDecay: hyperBase.weight_decay ?? 0.1,
+    gradClip: hyperBase.grad_clip ?? 1,
+    seed: hyperBase.seed ?? 1,
+  };
+  const config: Gpt2Config = {
+    nLayer: cfg.model.n_layer,
+    nHead: cfg.model.n_head,
+    nEmbd: cfg.model.n_embd,
+    nInner: 4 * cfg.model.n_embd,
+    nPositions: T,
+    vocabSize: tokenizer.vocabSize,
+    layerNormEps: 1e-5,
+  };
+  const engine = await getEngine();
+  const statePath = `${opts.out}/trainer_state.json`;
+  let resumed: { step: number; seconds: number; losses: [number, number][] } | undefined;
+  let model: Gpt2Model;
+  if (!opts.fresh && existsSync(statePath)) {
+    resumed = JSON.parse(Deno.readTextFileSync(statePath));
+    model = (await loadGpt2Folder(engine, opts.out)).model;
+    if (JSON.stringify(model.config) !== JSON.stringify(config)) {
+      throw new UsageError(
+        `${opts.out} holds a checkpoint of another model shape; use --fresh or another --out`,
+      );
+    }
+  } else {
+    const init = initGpt2Weights(config, hyper.seed);
+    model = buildGpt2(engine, config, {
+      tensors: new Map(
+        [...init].map(([n, d]) => [n, { shape: [...expectedWeightShapes(config).get(n)!], dtype: "F32" }]),
+      ),
+      read: (n) => init.get(n)!,
+      describe: () => "initialisation",
+    });
+  }
+  const trainer = new Trainer(model, hyper);
+  if (resumed) {
+    const st = await readSafetensorsFile(`${opts.out}/optimizer.safetensors`);
+    for (const opt of [trainer.decay, trainer.noDecay]) {
+      opt.params.forEach((p, i) => {
+        const name = trainer.names[trainer.params.indexOf(p)];
+        opt.loadState(i, st.read(`m.${name}`), st.read(`v.${name}`), resumed!.step, resumed!.step);
+      });
+    }
+    trainer.step = resumed.step;
+  }
+  const every = hyperBase.checkpoint_every ?? 200;
+  const losses: [number, number][] = resumed?.losses ?? [];
+  const t0 = performance.now() - (resumed?.seconds ?? 0) * 1000;
+  const tokenizerFiles = {
+    "vocab.json": Deno.readTextFileSync(`${tokDir}/vocab.json`),
+    "merges.txt": Deno.readTextFileSync(`${tokDir}/merges.txt`),
+  };
+  const checkpoint = async () => {
+    const tensors: { name: string; data: Float32Array; shape: number[] }[] = [];
+    for (const opt of [trainer.decay, trainer.noDecay]) {
+      const states = opt.params.map((_, i) => opt.state(i));
+      const data = await engine.readMany(states.flatMap((s) => [s.m, s.v]));
+      opt.params.forEach((p, i) => {
+        const name = trainer.names[trainer.params.indexOf(p)];
+        tensors.push({ name: `m.${name}`, data: data[2 * i] as Float32Array, shape: [...p.shape] });
+        tensors.push({ name: `v.${name}`, data: data[2 * i + 1] as Float32Array, shape: [...p.shape] });
+      });
+    }
+    const state = { step: trainer.step, seconds: (performance.now() - t0) / 1000, hyper, losses };
+    await saveGpt2Folder(opts.out, model, {
+      extraFiles: { ...tokenizerFiles, "trainer_state.json": JSON.stringify(state, null, 1) + "\n" },
+      extraTensors: { "optimizer.safetensors": tensors },
+      metadata: { trained_steps: String(trainer.step) },
+    });
+  };
+  const bar = new Progress("training", totalSteps, opts.json);
+  let tokens = 0, lastLoss = NaN;
+  const runStart = performance.now();
+  while (trainer.step < totalSteps) {
+    const s = trainer.step;
+    const order = epochOrder(rows.length, hyper.seed, Math.floor(s / stepsPerEpoch));
+    const k = s % stepsPerEpoch;
+    const batch = order.slice(k * B, k * B + B).map((i) => rows[i]);
+    const loss = trainer.trainStep(batch);
+    lastLoss = (await loss.read())[0];
+    loss.dispose();
+    if (!Number.isFinite(lastLoss)) {
+      throw new Error(`training diverged at step ${s} (loss ${lastLoss}); lower the learning rate`);
+    }
+    tokens += batch.reduce((a, r) => a + r.length - 1, 0);
+    losses.push([trainer.step, lastLoss]);
+    const tps = tokens / ((performance.now() - runStart) / 1000);
+    bar.update(trainer.step, `loss ${lastLoss.toFixed(3)} ${tps.toFixed(0)} tok/s`);
+    if (trainer.step % every === 0 || trainer.step === totalSteps) await checkpoint();
+  }
+  bar.done();
+  const seconds = (performance.now() - t0) / 1000;
+  const result = {
+    steps: trainer.step,
+    loss: lastLoss,
+    seconds,
+    tokensPerSecond: tokens / ((performance.now() - runStart) / 1000),
+  };
+  trainer.dispose();
+  return result;
+}
+
+async function cmdTrain(args: string[]): Promise<void> {
+  const opts = parse(args, {
+    config: { type: "string" },
+    corpus: { type: "string" },
+    out: { type: "string" },
+    tokenizer: { type: "string" },
+    steps: { type: "string" },
+    fresh: { type: "boolean" },
+    json: { type: "boolean" },
+  }, TRAIN_USAGE);
+  for (const k of ["config", "corpus", "out"]) {
+    if (!opts[k]) throw new UsageError(`--${k} is required\n\n${TRAIN_USAGE}`);
+  }
+  const res = await train({
+    config: opts.config as string,
+    corpus: opts.corpus as string,
+    out: opts.out as string,
+    tokenizerDir: opts.tokenizer as string | undefined,
+    steps: opts.steps === undefined ? undefined : intOption(opts, "steps", 0, 1),
+    fresh: Boolean(opts.fresh),
+    json: Boolean(opts.json),
+  });
+  if (opts.json) console.log(JSON.stringify(res));
+  else {console.log(
+      `trained ${res.steps} steps, final loss ${res.loss.toFixed(4)}, ${fmtSeconds(res.seconds)}, ${
+        res.tokensPerSecond.toFixed(0)
+      } tokens/s → ${opts.out}`,
+    );}
+}
+
+const WORLD_DIR = "data/world";
+
+const TRAIN_DEMO_USAGE = `deno task train-demo [--out DIR] [--fresh]
+  Rebuilds the bundled model from the facts world: trains with ${WORLD_DIR}/train_config.json on
+  ${WORLD_DIR}/corpus.txt (default --out out/train-demo), then checks how many facts it knows.`;
+
+async function cmdTrainDemo(args: string[]): Promise<void> {
+  const opts = parse(args, { out: { type: "string" }, fresh: { type: "boolean" } }, TRAIN_DEMO_USAGE);
+  const out = (opts.out as string | undefined) ?? "out/train-demo";
+  const res = await train({
+    config: `${WORLD_DIR}/train_config.json`,
+    corpus: `${WORLD_DIR}/corpus.txt`,
+    out,
+    fresh: Boolean(opts.fresh),
+  });
+  console.log(`trained ${res.steps} steps in ${fmtSeconds(res.seconds)} (final loss ${res.loss.toFixed(4)})`);
+  await cmdFacts(["--model", out]);
+}
+
+const FACTS_USAGE = `deno task facts [--model DIR] [--world DIR] [--json]
+  How many facts of the facts world the model knows: top-1 next token = the true object, over every
+  fact (first training phrasing of its relation) and over the CounterFact rewrite prompts.`;
+
+async function cmdFacts(args: string[]): Promise<void> {
+  const opts = parse(
+    args,
+    { ...MODEL_OPTION, world: { type: "string" }, json: { type: "boolean" } },
+    FACTS_USAGE,
+  );
+  const world = (opts.world as string | undefined) ?? WORLD_DIR;
+  const { model, tokenizer } = await loadModel(opts);
+  const facts = JSON.parse(Deno.readTextFileSync(`${world}/facts.json`)) as {
+    relations: { relation_id: string; training: string[] }[];
+    facts: { subject: string; relation_id: string; object: string }[];
+  };
+  const template = new Map(facts.relations.map((r) => [r.relation_id, r.training[0]]));
+  const factProbes = facts.facts.map((f) => ({
+    prompt: template.get(f.relation_id)!.replace("{}", f.subject),
+    target: f.object,
+  }));
+  const cf = JSON.parse(Deno.readTextFileSync(`${world}/counterfact.json`)) as {
+    requested_rewrite: { prompt: string; subject: string; target_true: { str: string } };
+  }[];
+  const rewriteProbes = cf.map((r) => ({
+    prompt: r.requested_rewrite.prompt.replace("{}", r.requested_rewrite.subject),
+    target: r.requested_rewrite.target_true.str,
+  }));
+  const bar = new Progress("checking facts", factProbes.length + rewriteProbes.length, Boolean(opts.json));
+  const a = await topOneAccuracy(model, tokenizer, factProbes, { onBatch: (d) => bar.update(d) });
+  const b = await topOneAccuracy(model, tokenizer, rewriteProbes, {
+    onBatch: (d) => bar.update(factProbes.length + d),
+  });
+  bar.done();
+  const byRelation: Record<string, { n: number; accuracy: number }> = {};
+  for (const rel of template.keys()) {
+    const idx = facts.facts.flatMap((f, i) => f.relation_id === rel ? [i] : []);
+    byRelation[rel] = { n: idx.length, accuracy: idx.filter((i) => a.correct[i]).length / idx.length };
+  }
+  const res = {
+    model: modelDir(opts),
+    facts: { n: factProbes.length, accuracy: a.accuracy, by_relation: byRelation },
+    rewrite_prompts: { n: rewriteProbes.length, accuracy: b.accuracy },
+  };
+  if (opts.json) return console.log(JSON.stringify(res));
+  console.log(`facts known (top-1): ${(a.accuracy * 100).toFixed(1)}% of ${factProbes.length}`);
+  for (const [rel, r] of Object.entries(byRelation)) {
+    console.log(`  ${rel}: ${(r.accuracy * 100).toFixed(1)}% of ${r.n}`);
+  }
+  console.log(
+    `CounterFact rewrite prompts (true object top-1): ${
+      (b.accuracy * 100).toFixed(1)
+    }% of ${rewriteProbes.length}`,
+  );
+}
+
 // ------------------------------------------------------------------ info
 
 const INFO_USAGE = `deno task info [--json]
@@ -324,6 +630,9 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   generate: cmdGenerate,
   tokenize: cmdTokenize,
   download: cmdDownload,
+  train: cmdTrain,
+  "train-demo": cmdTrainDemo,
+  facts: cmdFacts,
 };
 
 const USAGE = `usage: deno task <command> [options]   (or: deno run -A cli.ts <command> ...)

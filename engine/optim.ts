@@ -164,6 +164,23 @@ export class Adam {
     this.#t = 0;
   }
 
+  /** Restores parameter i's moments and step count (resuming from a checkpoint of `state(i)`). */
+  loadState(i: number, m: Float32Array, v: Float32Array, step: number, t = this.#t): void {
+    const p = this.params[i];
+    if (!p || m.length !== p.size || v.length !== p.size || !(step >= 0)) {
+      throw new RangeError(`Adam.loadState: state for parameter ${i} does not match ${p}`);
+    }
+    const e = p.engine;
+    e.scope(() => {
+      for (const [src, dst] of [[m, this.#m[i]], [v, this.#v[i]]] as const) {
+        const up = e.upload(src, p.shape);
+        e.copy(up.buffer, 0, dst.buffer, 0, Math.ceil(dst.byteLength / 4) * 4);
+      }
+    });
+    this.#steps[i] = step;
+    this.#t = t;
+  }
+
   /** Frees m and v; the optimiser is unusable afterwards. */
   dispose(): void {
     for (const s of [...this.#m, ...this.#v]) s.dispose();

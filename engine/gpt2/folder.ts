@@ -1,8 +1,8 @@
 // The Deno edge of model loading: a Hugging Face model folder on disk (config.json, safetensors single or
 // sharded, vocab.json + merges.txt or tokenizer.json). Browsers load the same pieces over fetch instead.
 import type { Engine } from "../engine.ts";
-import { assertNotPickle, readShardedSafetensors } from "../files.ts";
-import { parseGpt2Config } from "./config.ts";
+import { assertNotPickle, readShardedSafetensors, writeSafetensorsFile } from "../files.ts";
+import { gpt2ConfigJson, parseGpt2Config } from "./config.ts";
 import { buildGpt2, CheckpointError } from "./load.ts";
 import type { Gpt2Model } from "./model.ts";
 import { Gpt2Tokenizer } from "./tokenizer.ts";
@@ -79,4 +79,62 @@ export async function loadGpt2Folder(
     describe: (n) => st8.fileOf(n),
   }, { tied, onTensor: opts.onTensor });
   return { dir, model, tokenizer };
+}
+
+export interface SaveOptions {
+  /** Files copied verbatim into the folder (tokenizer files, trainer state...), name → contents. */
+  extraFiles?: Record<string, string | Uint8Array>;
+  /** Extra tensors stored in their own safetensors files, file name → tensors (e.g. optimizer state). */
+  extraTensors?: Record<string, { name: string; data: Float32Array; shape: number[] }[]>;
+  /** safetensors `__metadata__` of model.safetensors. */
+  metadata?: Record<string, string>;
+}
+
+/**
+ * Writes the model as a complete Hugging Face GPT-2 folder (config.json, model.safetensors with bare
+ * GPT-2 key names, plus `extraFiles`) atomically: everything goes into a sibling temp folder first, which
+ * then replaces `dir` by renames; a crash leaves either the old folder or the new one (the old one
+ * possibly under `<dir>.old-*`), never a half-written mix.
+ */
+export async function saveGpt2Folder(dir: string, model: Gpt2Model, opts: SaveOptions = {}): Promise<void> {
+  const names = [...model.weights.keys()];
+  const data = await model.engine.readMany(names.map((n) => model.w(n)));
+  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(tmp, { recursive: true });
+  try {
+    await writeSafetensorsFile(
+      `${tmp}/model.safetensors`,
+      names.map((name, i) => ({
+        name,
+        dtype: "F32" as const,
+        shape: [...model.w(name).shape],
+        data: data[i],
+      })),
+      { format: "pt", ...opts.metadata },
+    );
+    for (const [file, tensors] of Object.entries(opts.extraTensors ?? {})) {
+      await writeSafetensorsFile(
+        `${tmp}/${file}`,
+        tensors.map((t) => ({ name: t.name, dtype: "F32" as const, shape: t.shape, data: t.data })),
+      );
+    }
+    await Deno.writeTextFile(
+      `${tmp}/config.json`,
+      JSON.stringify(gpt2ConfigJson(model.config), null, 2) + "\n",
+    );
+    for (const [file, contents] of Object.entries(opts.extraFiles ?? {})) {
+      if (typeof contents === "string") await Deno.writeTextFile(`${tmp}/${file}`, contents);
+      else await Deno.writeFile(`${tmp}/${file}`, contents);
+    }
+    let old: string | undefined;
+    if (exists(dir)) {
+      old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
+      await Deno.rename(dir, old);
+    }
+    await Deno.rename(tmp, dir);
+    if (old) await Deno.remove(old, { recursive: true });
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
 }
