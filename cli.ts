@@ -2,11 +2,10 @@
 // (engine/, kernels/, and later tracing/, rome/, eval/) is runtime-neutral and also runs in a browser.
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { getEngine } from "./engine/engine.ts";
-import { add, scale } from "./engine/ops/elementwise.ts";
 import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
 import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
 import { downloadModel } from "./engine/hub.ts";
-import { dirname } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { existsSync } from "node:fs";
 import { readSafetensorsFile } from "./engine/files.ts";
 import type { Gpt2Config } from "./engine/gpt2/config.ts";
@@ -16,6 +15,36 @@ import type { Gpt2Tokenizer } from "./engine/gpt2/tokenizer.ts";
 import { epochOrder, initGpt2Weights, packDocuments, Trainer, type TrainHyper } from "./engine/gpt2/train.ts";
 import { saveGpt2Folder } from "./engine/gpt2/folder.ts";
 import { topOneAccuracy } from "./eval/knowledge.ts";
+import { fileURLToPath } from "node:url";
+import { writeFileAtomic } from "./engine/files.ts";
+import { findSubjectRange } from "./engine/gpt2/tokenizer.ts";
+import { fmt } from "./tracing/render.ts";
+import { LAST_SUBJECT } from "./tracing/aggregate.ts";
+import { type CaseStore, summarizeFacts, traceFacts } from "./tracing/dataset.ts";
+import { FactsFormatError, type KnownFact, parseKnownFacts, parseSubjects } from "./tracing/facts.ts";
+import { type NoiseSpec, parseNoiseSpec, subjectEmbeddingStd } from "./tracing/noise.ts";
+import {
+  factsAnsi,
+  factsFiles,
+  factsSummaryRecord,
+  type OutputFiles,
+  severedFiles,
+  type SeveredRecord,
+  severedText,
+  traceAnsi,
+  traceFiles,
+  type TraceRecord,
+  type TraceRunInfo,
+} from "./tracing/report.ts";
+import {
+  BasePass,
+  DEFAULT_SAMPLES,
+  DEFAULT_WINDOW,
+  severedTrace,
+  TRACE_KINDS,
+  type TraceKind,
+  traceKind,
+} from "./tracing/trace.ts";
 
 /** A mistake in how the command was called: printed as one line, exit code 2. */
 export class UsageError extends Error {
@@ -593,32 +622,463 @@ async function cmdInfo(args: string[]): Promise<void> {
   console.log(`alignment   storage ${l.storageOffsetAlignment} B, uniform ${l.uniformOffsetAlignment} B`);
 }
 
-// ------------------------------------------------------------------ smoke (stand-in for trace until it lands)
+// ------------------------------------------------------------------ trace (causal tracing)
 
-async function smokeTest(): Promise<void> {
-  const engine = await getEngine();
-  const n = 1 << 16;
-  const a = Float32Array.from({ length: n }, (_, i) => Math.sin(i));
-  const b = Float32Array.from({ length: n }, (_, i) => Math.cos(i));
-  const t0 = performance.now();
-  const got = await engine.scopeAsync(async () => {
-    const x = engine.upload(a, [n]), y = engine.upload(b, [n]);
-    return await engine.read(scale(add(x, y), 2));
-  });
-  let maxErr = 0;
-  for (let i = 0; i < n; i++) maxErr = Math.max(maxErr, Math.abs(got[i] - 2 * (a[i] + b[i])));
-  const ok = maxErr < 1e-5;
-  console.log(
-    `smoke test  ${ok ? "ok" : "FAILED"}: 2·(a+b) over ${n} values, max error ${maxErr.toExponential(2)}, ` +
-      `${(performance.now() - t0).toFixed(0)} ms`,
+// Defaults that land with the bundled model: each is one line. Until then --model (and --prompt/--subject,
+// or --facts) must be given.
+const DEFAULT_TRACE_MODEL: string | undefined = undefined;
+const DEFAULT_TRACE_FACT: { prompt: string; subject: string; expect?: string } | undefined = undefined;
+const DEFAULT_TRACE_FACTS: string | undefined = undefined; // e.g. the bundled data/world/known_facts.json
+/** Subjects whose embedding std sets the noise level when neither --subjects nor --facts says otherwise. */
+const BUNDLED_SUBJECTS = fileURLToPath(new URL("./data/world/known_facts.json", import.meta.url));
+
+const TRACE_USAGE = `deno task trace --model DIR --prompt TEXT --subject TEXT [--expect TEXT] [--force]
+                 [--kind hidden|mlp|attn|all|severed] [--sever mlp|attn|both]
+                 [--samples 10] [--noise 3x|FLOAT] [--subjects FILE] [--window 10] [--seed 1]
+                 [--max-rows N] [--out DIR] [--json]
+deno task trace --model DIR --facts FILE [--limit N] [--kind hidden|mlp|attn|all] [--out DIR]
+                 [--json | --suggest-layer]   (plus the noise/sample options above)
+  Causal tracing (Meng et al. 2022): corrupt the subject's token embeddings with Gaussian noise
+  (--samples draws of --noise: '3x' = 3 × the std of the subjects' token embeddings, or an absolute
+  number), restore clean states one (token, layer) cell at a time and report p(answer) per cell.
+  --kind all (default) traces hidden states, MLP and attention windows of --window layers; severed
+  (or --sever) restores the last subject token's hidden state with the MLP and/or attention outputs
+  at that token frozen to their corrupted values. --expect refuses a prompt whose top-1 answer is
+  not TEXT (the reference skips those) unless --force.
+  --facts traces every fact of a known_1000.json-format file (skipping facts the model gets wrong),
+  caches each case under OUT/cases/ (an interrupted run resumes), and reports average indirect effects
+  per token category and layer, the total effect, and the suggested edit layer (largest MLP effect at
+  the last subject token; --suggest-layer prints only that). The std for '3x' is taken over the
+  --subjects file, else the --facts file, else the bundled world's known facts.
+  Files go to --out (default traces/<prompt> or traces/facts-<file>): trace.json, heatmap_<kind>.svg/.png,
+  report.html (dataset mode: summary.json, aie_*.svg/.png, aie_lines.svg, report.html).`;
+
+const TRACE_OPTIONS = {
+  ...MODEL_OPTION,
+  prompt: { type: "string" },
+  subject: { type: "string" },
+  expect: { type: "string" },
+  force: { type: "boolean" },
+  kind: { type: "string" },
+  sever: { type: "string" },
+  samples: { type: "string" },
+  noise: { type: "string" },
+  subjects: { type: "string" },
+  window: { type: "string" },
+  seed: { type: "string" },
+  "max-rows": { type: "string" },
+  out: { type: "string" },
+  json: { type: "boolean" },
+  facts: { type: "string" },
+  limit: { type: "string" },
+  "suggest-layer": { type: "boolean" },
+} as const;
+
+interface TraceCliSettings {
+  samples: number;
+  window: number;
+  seed: number;
+  maxRows?: number;
+  noiseSpec: NoiseSpec;
+}
+
+function traceSettings(opts: Record<string, unknown>): TraceCliSettings {
+  let noiseSpec: NoiseSpec;
+  try {
+    noiseSpec = parseNoiseSpec(String(opts.noise ?? "3x"));
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  return {
+    samples: intOption(opts, "samples", DEFAULT_SAMPLES, 1),
+    window: intOption(opts, "window", DEFAULT_WINDOW, 1),
+    seed: intOption(opts, "seed", 1),
+    maxRows: opts["max-rows"] === undefined ? undefined : intOption(opts, "max-rows", 0, 1),
+    noiseSpec,
+  };
+}
+
+function traceKinds(opts: Record<string, unknown>, allowSevered: boolean): TraceKind[] | "severed" {
+  const k = String(opts.kind ?? "all");
+  if (k === "all") return [...TRACE_KINDS];
+  if (k === "severed" && allowSevered) return "severed";
+  if ((TRACE_KINDS as readonly string[]).includes(k)) return [k as TraceKind];
+  throw new UsageError(
+    `--kind must be one of hidden, mlp, attn, all${allowSevered ? ", severed" : ""} (got '${k}')`,
   );
-  if (!ok) Deno.exit(1);
+}
+
+async function readJsonFile(path: string, what: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UsageError(`${what} '${path}' not found`);
+    throw new Error(`${what} '${path}': ${(e as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`${what} '${path}': invalid JSON (${(e as Error).message})`);
+  }
+}
+
+/** ν and how it was obtained (σ_t over a subjects file when the spec is a factor). */
+async function traceNoise(
+  model: Gpt2Model,
+  tokenizer: Gpt2Tokenizer,
+  spec: NoiseSpec,
+  subjectsFile: string,
+  quiet: boolean,
+): Promise<{ noise: number; factor: number | null; std: number | null }> {
+  if ("absolute" in spec) return { noise: spec.absolute, factor: null, std: null };
+  let subjects: string[];
+  try {
+    subjects = parseSubjects(await readJsonFile(subjectsFile, "subjects file"), subjectsFile);
+  } catch (e) {
+    if (e instanceof FactsFormatError) throw new UsageError(e.message);
+    throw e;
+  }
+  const s = await subjectEmbeddingStd(model, tokenizer, subjects);
+  if (!quiet) {
+    console.error(
+      `noise ${fmt(spec.factor * s.std, 4)} = ${spec.factor} × σ_t, σ_t = ${
+        fmt(s.std, 4)
+      } over ${s.rows} tokens of ` +
+        `${s.subjects} subjects (${subjectsFile})`,
+    );
+  }
+  return { noise: spec.factor * s.std, factor: spec.factor, std: s.std };
+}
+
+/** A folder name from a prompt or file name. */
+function slug(text: string): string {
+  return text.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 48) || "trace";
+}
+
+async function writeOutputs(dir: string, files: OutputFiles): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const enc = new TextEncoder();
+  for (const [name, content] of files) {
+    await writeFileAtomic(join(dir, name), [typeof content === "string" ? enc.encode(content) : content]);
+  }
+}
+
+/** `${XDG_CACHE_HOME:-~/.cache}/rome-webgpu/<hash>/suggested_layer.json`: where `edit --layer auto` looks. */
+export function suggestedLayerPath(hash: string): string {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  const home = Deno.env.get("HOME") ?? Deno.env.get("USERPROFILE");
+  const root = xdg ? xdg : home ? join(home, ".cache") : undefined;
+  if (!root) throw new Error("no cache directory: set XDG_CACHE_HOME or HOME");
+  return join(root, "rome-webgpu", hash, "suggested_layer.json");
+}
+
+/** What `trace --facts` stores for a model: the layer and where it came from. */
+export interface SuggestedLayer {
+  layer: number;
+  model_hash: string;
+  facts_file: string;
+  /** Facts the average was taken over. */
+  n: number;
+  /** The MLP AIE at the last subject token per layer. */
+  mlp_aie_last_subject: number[];
+  samples: number;
+  noise: number;
+  window: number;
+  seed: number;
+}
+
+/** The suggested edit layer stored by `trace --facts` for this model hash, or undefined if none is stored. */
+export async function readSuggestedLayer(hash: string): Promise<SuggestedLayer | undefined> {
+  const path = suggestedLayerPath(hash);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+  const r = JSON.parse(text) as SuggestedLayer;
+  if (!Number.isInteger(r?.layer) || r.model_hash !== hash) {
+    throw new Error(`${path}: not a suggested-layer record for model ${hash}`);
+  }
+  return r;
 }
 
 async function cmdTrace(args: string[]): Promise<void> {
-  parse(args, {}, "deno task trace — causal tracing lands with its own issue; for now it checks the GPU.");
-  await cmdInfo([]);
-  await smokeTest();
+  const opts = parse(args, TRACE_OPTIONS, TRACE_USAGE);
+  opts.model ??= DEFAULT_TRACE_MODEL;
+  if (opts.facts !== undefined || opts["suggest-layer"]) return await traceFactsCli(opts);
+  return await tracePromptCli(opts);
+}
+
+async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
+  const fact = opts.prompt === undefined && opts.subject === undefined ? DEFAULT_TRACE_FACT : undefined;
+  const prompt = fact?.prompt ?? requireText(opts, "prompt");
+  const subject = fact?.subject ?? requireText(opts, "subject");
+  const expect = (opts.expect as string | undefined) ?? fact?.expect;
+  const kinds = traceKinds(opts, true);
+  const severArg = opts.sever === undefined ? undefined : String(opts.sever);
+  if (severArg !== undefined && !["mlp", "attn", "both"].includes(severArg)) {
+    throw new UsageError(`--sever must be mlp, attn or both (got '${severArg}')`);
+  }
+  const sever: ("attn" | "mlp")[] | undefined = kinds === "severed" || severArg === "both"
+    ? ["attn", "mlp"]
+    : severArg
+    ? [severArg as "attn" | "mlp"]
+    : undefined;
+  const settings = traceSettings(opts);
+  const json = Boolean(opts.json);
+  const t0 = performance.now();
+  if (!prompt.includes(subject)) {
+    throw new UsageError(
+      `--subject ${JSON.stringify(subject)} does not occur in --prompt ${JSON.stringify(prompt)}`,
+    );
+  }
+  const { model, tokenizer } = await loadModel(opts);
+  const ids = tokenizer.encode(prompt);
+  if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
+  const subjectRange = findSubjectRange(tokenizer, prompt, subject);
+  const noise = await traceNoise(
+    model,
+    tokenizer,
+    settings.noiseSpec,
+    (opts.subjects as string | undefined) ?? BUNDLED_SUBJECTS,
+    json,
+  );
+  const base = await BasePass.run(model, { ids, subjectRange }, { ...settings, noise: noise.noise }, {
+    corruptedSites: sever ?? [],
+  });
+  try {
+    const answer = tokenizer.decode([base.answerId]);
+    if (expect !== undefined && answer.trim() !== expect.trim() && !opts.force) {
+      throw new Error(
+        `the model's top-1 answer is ${JSON.stringify(answer)} (p = ${fmt(base.highScore, 3)}), not ` +
+          `${JSON.stringify(expect)}: tracing shows how a known fact is recalled (the reference skips such ` +
+          `prompts); pass --force to trace it anyway`,
+      );
+    }
+    const tokens = ids.map((id) => tokenizer.decode([id]));
+    const common = {
+      prompt,
+      subject,
+      tokens,
+      subject_range: [subjectRange[0], subjectRange[1]] as [number, number],
+      answer,
+      answer_id: base.answerId,
+      high_score: base.highScore,
+      low_score: base.lowScore,
+    };
+    const info: TraceRunInfo = {
+      seed: settings.seed,
+      model_hash: model.hash,
+      noise_factor: noise.factor,
+      embedding_std: noise.std,
+    };
+    const out = (opts.out as string | undefined) ?? join("traces", slug(prompt));
+    const color = Deno.stdout.isTerminal() && !Deno.env.get("NO_COLOR");
+    const nLayer = model.config.nLayer, T = ids.length;
+    const cellsPerKind = T * nLayer;
+    let rows = settings.samples + 1;
+
+    if (sever) {
+      const bar = new Progress("severed paths", nLayer * (1 + sever.length), json);
+      const s = await severedTrace(base, sever, {
+        maxRows: settings.maxRows,
+        onProgress: (d) => bar.update(d),
+      });
+      bar.done();
+      rows += s.rows;
+      const record: SeveredRecord = {
+        ...common,
+        token: s.token,
+        samples: settings.samples,
+        noise: noise.noise,
+        seconds: s.seconds,
+        ordinary: s.ordinary,
+        ...(s.attn ? { attn_severed: s.attn } : {}),
+        ...(s.mlp ? { mlp_severed: s.mlp } : {}),
+      };
+      await writeOutputs(out, severedFiles(record, info));
+      if (json) return console.log(JSON.stringify(record));
+      console.log(
+        `answer ${JSON.stringify(answer)}: p clean ${fmt(base.highScore, 4)}, corrupted ${
+          fmt(base.lowScore, 4)
+        }`,
+      );
+      console.log(`restoring token ${s.token} ${JSON.stringify(tokens[s.token])}; effects are p − low_score`);
+      console.log(severedText(record));
+      printTraceTiming(rows, s.seconds, (performance.now() - t0) / 1000);
+      console.log(`wrote ${join(out, "report.html")}`);
+      return;
+    }
+
+    const kindList = kinds as TraceKind[];
+    const bar = new Progress("tracing", cellsPerKind * kindList.length, json);
+    const records: TraceRecord[] = [];
+    let traceSeconds = 0;
+    for (const [k, kind] of kindList.entries()) {
+      const r = await traceKind(base, kind, {
+        window: settings.window,
+        maxRows: settings.maxRows,
+        onProgress: (d) => bar.update(k * cellsPerKind + d, kind),
+      });
+      rows += r.rows;
+      traceSeconds += r.seconds;
+      records.push({
+        ...common,
+        kind,
+        window: settings.window,
+        samples: settings.samples,
+        noise: noise.noise,
+        seconds: r.seconds,
+        scores: r.scores,
+      });
+    }
+    bar.done();
+    await writeOutputs(out, await traceFiles(records, info));
+    if (json) {
+      console.log(JSON.stringify(records.length === 1 ? records[0] : records));
+      return;
+    }
+    for (const r of records) console.log(traceAnsi(r, color) + "\n");
+    printTraceTiming(rows, traceSeconds, (performance.now() - t0) / 1000);
+    console.log(`wrote ${join(out, "report.html")} (trace.json, heatmap_*.svg/.png)`);
+  } finally {
+    base.dispose();
+  }
+}
+
+function printTraceTiming(rows: number, traceSeconds: number, wallSeconds: number): void {
+  console.log(
+    `trace ${fmtSeconds(traceSeconds)} (${rows} forward rows, ${
+      (rows / Math.max(traceSeconds, 1e-9)).toFixed(0)
+    } rows/s); ` +
+      `wall ${fmtSeconds(wallSeconds)} with loading`,
+  );
+}
+
+/** Case files `<dir>/<known_id>_<kind>.json`, written atomically; unreadable ones count as missing. */
+function fileCaseStore(dir: string): CaseStore {
+  return {
+    async load(id, kind) {
+      try {
+        return JSON.parse(await Deno.readTextFile(join(dir, `${id}_${kind}.json`)));
+      } catch {
+        return undefined;
+      }
+    },
+    async save(record) {
+      await Deno.mkdir(dir, { recursive: true });
+      await writeFileAtomic(join(dir, `${record.known_id}_${record.kind}.json`), [
+        new TextEncoder().encode(JSON.stringify(record) + "\n"),
+      ]);
+    },
+  };
+}
+
+async function traceFactsCli(opts: Record<string, unknown>): Promise<void> {
+  const factsFile = (opts.facts as string | undefined) ?? DEFAULT_TRACE_FACTS;
+  if (!factsFile) throw new UsageError("--facts FILE is required (a known_1000.json-format file)");
+  for (const f of ["prompt", "subject", "expect", "sever", "force"]) {
+    if (opts[f] !== undefined) throw new UsageError(`--${f} is for single-prompt tracing, not --facts`);
+  }
+  const kinds = traceKinds(opts, false) as TraceKind[];
+  const settings = traceSettings(opts);
+  const onlyLayer = Boolean(opts["suggest-layer"]);
+  if (onlyLayer && !kinds.includes("mlp")) throw new UsageError("--suggest-layer needs the mlp kind");
+  const quiet = Boolean(opts.json) || onlyLayer;
+  let facts: KnownFact[];
+  try {
+    facts = parseKnownFacts(await readJsonFile(factsFile, "facts file"), factsFile);
+  } catch (e) {
+    if (e instanceof FactsFormatError) throw new UsageError(e.message);
+    throw e;
+  }
+  const limit = opts.limit === undefined ? facts.length : intOption(opts, "limit", 0, 1);
+  const t0 = performance.now();
+  const { model, tokenizer } = await loadModel(opts, quiet);
+  // The std is over the whole file's subjects (as the reference's knowns), whatever --limit keeps.
+  const noise = await traceNoise(
+    model,
+    tokenizer,
+    settings.noiseSpec,
+    (opts.subjects as string | undefined) ?? factsFile,
+    quiet,
+  );
+  const out = (opts.out as string | undefined) ??
+    join("traces", "facts-" + slug(basename(factsFile, ".json")));
+  const chosen = facts.slice(0, limit);
+  const bar = new Progress("tracing facts", chosen.length, quiet);
+  let traced = 0, cachedFacts = 0, skipped = 0;
+  const result = await traceFacts(model, tokenizer, chosen, {
+    samples: settings.samples,
+    noise: noise.noise,
+    seed: settings.seed,
+    window: settings.window,
+    kinds,
+    maxRows: settings.maxRows,
+    store: fileCaseStore(join(out, "cases")),
+    onFact: (done, _total, _fact, status) => {
+      if (status === "traced") traced++;
+      else if (status === "cached") cachedFacts++;
+      else skipped++;
+      bar.update(done, `${traced} traced, ${cachedFacts} cached, ${skipped} skipped`);
+    },
+  });
+  bar.done();
+  const seconds = (performance.now() - t0) / 1000;
+  const summary = summarizeFacts(result, kinds);
+  const record = factsSummaryRecord(summary.kinds, {
+    facts_file: factsFile,
+    model_hash: model.hash,
+    n: summary.n,
+    facts: summary.facts,
+    skipped: summary.skipped,
+    samples: settings.samples,
+    noise: noise.noise,
+    window: settings.window,
+    seed: settings.seed,
+    seconds,
+    suggested_layer: summary.suggestedLayer ?? null,
+  });
+  await writeOutputs(out, await factsFiles(summary.kinds, record));
+  if (summary.suggestedLayer !== undefined) {
+    const stored: SuggestedLayer = {
+      layer: summary.suggestedLayer,
+      model_hash: model.hash,
+      facts_file: factsFile,
+      n: summary.n,
+      mlp_aie_last_subject: summary.kinds.mlp!.aie[LAST_SUBJECT],
+      samples: settings.samples,
+      noise: noise.noise,
+      window: settings.window,
+      seed: settings.seed,
+    };
+    const path = suggestedLayerPath(model.hash);
+    await Deno.mkdir(dirname(path), { recursive: true });
+    await writeFileAtomic(path, [new TextEncoder().encode(JSON.stringify(stored, null, 1) + "\n")]);
+  }
+  if (onlyLayer) return console.log(String(summary.suggestedLayer));
+  if (opts.json) return console.log(JSON.stringify(record));
+  const color = Deno.stdout.isTerminal() && !Deno.env.get("NO_COLOR");
+  console.log(`${summary.n} of ${summary.facts} facts predicted correctly (${summary.skipped} skipped)\n`);
+  console.log(factsAnsi(summary.kinds, settings.window, color) + "\n");
+  if (summary.suggestedLayer !== undefined) {
+    const aie = summary.kinds.mlp!.aie[LAST_SUBJECT][summary.suggestedLayer];
+    console.log(
+      `suggested edit layer: ${summary.suggestedLayer} (largest MLP AIE at the last subject token, ${
+        fmt(aie, 4)
+      }); ` +
+        `stored in ${suggestedLayerPath(model.hash)}`,
+    );
+  }
+  console.log(
+    `${fmtSeconds(seconds)} (${result.rows} forward rows${
+      result.rows ? `, ${(result.rows / seconds).toFixed(0)} rows/s` : ""
+    }); ` +
+      `wrote ${join(out, "report.html")}`,
+  );
 }
 
 // ------------------------------------------------------------------ main
