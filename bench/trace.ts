@@ -1,0 +1,165 @@
+// Causal tracing speed: one prompt of T = 10 tokens with 10 noise samples on a checkpoint with GPT-2 small's
+// shapes (random weights, built in memory), per kind: wall time, cells, forward rows per second and peak
+// GPU memory. Beside it, the batched layer-skipping evaluation against the reference-shaped one (one full
+// forward of 1 + samples rows per cell, one readback per cell) on a smaller model, measured in the same run.
+// --quick: the GPT-2-small-shaped model keeps 4 of its 12 layers and traces the hidden kind only.
+import { type Engine, getEngine } from "../engine/engine.ts";
+import type { Gpt2Config } from "../engine/gpt2/config.ts";
+import { buildGpt2 } from "../engine/gpt2/load.ts";
+import { expectedWeightShapes, type Gpt2Model } from "../engine/gpt2/model.ts";
+import { BasePass, TRACE_KINDS, traceCells, type TraceKind, traceKind } from "../tracing/trace.ts";
+import { GPT2_SMALL } from "./gpt2.ts";
+
+/** Random weights (uniform, std 0.02; layer-norm gains 1), deterministic, generated per tensor on demand. */
+function randomModel(engine: Engine, c: Gpt2Config): Gpt2Model {
+  const shapes = expectedWeightShapes(c);
+  let seed = 7;
+  return buildGpt2(engine, c, {
+    tensors: new Map([...shapes].map(([n, shape]) => [n, { shape, dtype: "F32" }])),
+    read: (name) => {
+      const n = shapes.get(name)!.reduce((a, b) => a * b, 1);
+      const out = new Float32Array(n);
+      if (/ln_[12f]\.weight$/.test(name)) return out.fill(1);
+      let s = (seed++ * 2654435761) >>> 0;
+      for (let i = 0; i < n; i++) {
+        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+        out[i] = (s / 4294967296 - 0.5) * 0.02 * Math.sqrt(12);
+      }
+      return out;
+    },
+    describe: () => "random",
+  });
+}
+
+const T = 10, SAMPLES = 10;
+const IDS = (vocab: number) => Array.from({ length: T }, (_, t) => (t * 7919 + 13) % vocab);
+const SUBJECT: [number, number] = [1, 4];
+
+async function timeKinds(
+  model: Gpt2Model,
+  kinds: readonly TraceKind[],
+  strategy: "batched" | "naive",
+): Promise<Map<TraceKind, { seconds: number; rows: number; forwards: number; cells: number }>> {
+  const base = await BasePass.run(model, { ids: IDS(model.config.vocabSize), subjectRange: SUBJECT }, {
+    samples: SAMPLES,
+    noise: 0.1,
+    seed: 1,
+  });
+  const out = new Map<TraceKind, { seconds: number; rows: number; forwards: number; cells: number }>();
+  try {
+    for (const kind of kinds) {
+      const r = await traceKind(base, kind, { strategy });
+      out.set(kind, {
+        seconds: r.seconds,
+        rows: r.rows,
+        forwards: r.forwards,
+        cells: T * model.config.nLayer,
+      });
+    }
+  } finally {
+    base.dispose();
+  }
+  return out;
+}
+
+/** One base pass and two cells (a block output, an MLP window) through the batched path. */
+async function warmUp(model: Gpt2Model): Promise<void> {
+  const base = await BasePass.run(model, { ids: IDS(model.config.vocabSize), subjectRange: SUBJECT }, {
+    samples: 2,
+    noise: 0.1,
+    seed: 1,
+  });
+  try {
+    await traceCells(base, [
+      { restore: [{ site: "resid", layer: 0, token: 2 }] },
+      { restore: [{ site: "mlp", layer: 0, token: 2 }, { site: "attn", layer: 1, token: 3 }] },
+    ]);
+  } finally {
+    base.dispose();
+  }
+}
+
+export async function run(
+  engine: Engine,
+  opts: { json: boolean; quick?: boolean },
+): Promise<Record<string, unknown>[]> {
+  const rows: Record<string, unknown>[] = [];
+  const say = (s: string) => opts.json || console.log(s);
+
+  // ---- GPT-2 small shapes
+  const big: Gpt2Config = opts.quick ? { ...GPT2_SMALL, nLayer: 4 } : GPT2_SMALL;
+  const bigKinds: TraceKind[] = opts.quick ? ["hidden"] : [...TRACE_KINDS];
+  let model = randomModel(engine, big);
+  await engine.sync();
+  await warmUp(model); // compiles the pipelines outside the timings
+  say(
+    `GPT-2 small shapes${
+      opts.quick ? ", 4 layers" : ""
+    }: T ${T}, ${SAMPLES} samples, batched layer-skipping trace`,
+  );
+  say("kind      cells   rows   forwards   seconds   rows/s   peak GPU MiB");
+  for (const [kind, r] of await timeKinds(model, bigKinds, "batched")) {
+    const row = {
+      name: `trace_gpt2_small${opts.quick ? "_4layers" : ""}_${kind}`,
+      kind,
+      layers: big.nLayer,
+      T,
+      samples: SAMPLES,
+      cells: r.cells,
+      rows: r.rows,
+      forwards: r.forwards,
+      seconds: r.seconds,
+      rows_per_s: r.rows / r.seconds,
+      peak_gpu_mib: engine.stats.peakBytes / 2 ** 20,
+    };
+    rows.push(row);
+    say(
+      `${kind.padEnd(7)} ${String(r.cells).padStart(6)} ${String(r.rows).padStart(6)} ${
+        String(r.forwards).padStart(10)
+      } ${r.seconds.toFixed(1).padStart(9)} ${row.rows_per_s.toFixed(0).padStart(8)} ${
+        row.peak_gpu_mib.toFixed(0).padStart(14)
+      }`,
+    );
+  }
+  for (const t of model.weights.values()) t.dispose();
+  engine.pool.trim();
+
+  // ---- batched vs naive on a smaller model
+  const small: Gpt2Config = { ...GPT2_SMALL, nLayer: 6, nEmbd: 128, nHead: 4, nInner: 512, vocabSize: 4096 };
+  model = randomModel(engine, small);
+  await engine.sync();
+  const kinds: TraceKind[] = opts.quick ? ["hidden"] : [...TRACE_KINDS];
+  say(`\nbatched vs one forward per cell: 6 layers, d 128, vocab 4096, T ${T}, ${SAMPLES} samples`);
+  say("kind      batched s   naive s   speedup   batched rows/s   naive rows/s");
+  await warmUp(model);
+  const fast = await timeKinds(model, kinds, "batched");
+  const slow = await timeKinds(model, kinds, "naive");
+  for (const kind of kinds) {
+    const f = fast.get(kind)!, s = slow.get(kind)!;
+    const row = {
+      name: `trace_speedup_${kind}`,
+      kind,
+      layers: small.nLayer,
+      batched_s: f.seconds,
+      naive_s: s.seconds,
+      speedup: s.seconds / f.seconds,
+      batched_rows_per_s: f.rows / f.seconds,
+      naive_rows_per_s: s.rows / s.seconds,
+    };
+    rows.push(row);
+    say(
+      `${kind.padEnd(7)} ${f.seconds.toFixed(2).padStart(11)} ${s.seconds.toFixed(2).padStart(9)} ${
+        row.speedup.toFixed(1).padStart(8)
+      }x ${row.batched_rows_per_s.toFixed(0).padStart(15)} ${row.naive_rows_per_s.toFixed(0).padStart(14)}`,
+    );
+  }
+  for (const t of model.weights.values()) t.dispose();
+  engine.pool.trim();
+  return rows;
+}
+
+if (import.meta.main) {
+  const json = Deno.args.includes("--json");
+  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
+  if (json) console.log(JSON.stringify(rows, null, 2));
+}
