@@ -808,6 +808,7 @@ export async function readSuggestedLayer(hash: string): Promise<SuggestedLayer |
 async function cmdTrace(args: string[]): Promise<void> {
   const opts = parse(args, TRACE_OPTIONS, TRACE_USAGE);
   opts.model ??= DEFAULT_TRACE_MODEL;
+  modelDir(opts); // the first thing missing is the model: say so before anything else
   if (opts.facts !== undefined || opts["suggest-layer"]) return await traceFactsCli(opts);
   return await tracePromptCli(opts);
 }

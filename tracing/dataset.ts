@@ -119,7 +119,11 @@ export async function traceFacts(
       status = knownWrong ? "skipped" : "cached";
       out.cached++;
     } else {
-      status = await traceOne(model, tokenizer, fact, key, opts, have, out);
+      try {
+        status = await traceOne(model, tokenizer, fact, key, opts, have, out);
+      } catch (e) {
+        throw new Error(`fact known_id ${fact.known_id}: ${(e as Error).message}`, { cause: e });
+      }
     }
     if (status === "skipped" || knownWrong) out.skipped++;
     else for (const kind of opts.kinds) out.cases[kind].push(have.get(kind)!);

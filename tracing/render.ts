@@ -374,7 +374,7 @@ export function groupedBarsSvg(
   const n = series[0]?.values.length ?? 0;
   const pw = Math.max(320, n * 18), ph = 220, left = 64, top = 30;
   const legendH = 14 * series.length + 10;
-  const width = left + pw + 20, height = top + ph + 50 + legendH;
+  const width = Math.max(left + pw + 20, textWidth(opts.title, 12) + 20), height = top + ph + 50 + legendH;
   const [ymin, ymax] = yRange(series, true);
   const f: Frame = { x0: left, y0: top, w: pw, h: ph, ymin, ymax, n };
   const out = [
@@ -396,7 +396,14 @@ export function groupedBarsSvg(
       );
     });
   });
-  axes(f, out, opts.xlabel, opts.ylabel, opts.title);
+  axes(f, out, opts.xlabel, opts.ylabel, "");
+  const titleX = Math.min(
+    Math.max(left + pw / 2, textWidth(opts.title, 12) / 2 + 8),
+    width - textWidth(opts.title, 12) / 2 - 8,
+  );
+  out.push(
+    `<text x="${titleX}" y="${top - 8}" font-size="12" text-anchor="middle">${escapeXml(opts.title)}</text>`,
+  );
   legend(series, left, top + ph + 50, out);
   out.push(`</svg>`);
   return out.join("\n");
