@@ -1,31 +1,34 @@
-// Matmul kernel family: C[b] = alpha * op(A[b]) · op(B[b]) (+ bias) (+ beta * C[b]), op = identity or
-// transpose, batched through workgroup z with per-operand batch strides (stride 0 broadcasts).
+// Matmul kernel family: C[b] (+)= alpha * op(A[b]) · op(B[b]) + bias, op = identity or transpose,
+// batched through workgroup z with per-operand batch strides (stride 0 broadcasts an operand).
 // Plain ES module: no Deno API.
 //
-// Why the kernel looks the way it does (measured on Mesa 22.3 lavapipe, LLVM 15, 2 cores, AVX2/512):
+// Why the kernel looks the way it does (measured on Mesa 22.3 lavapipe, LLVM 15, 2 cores, AVX-512 VL):
 // llvmpipe runs a workgroup as SIMD groups of 8 invocations ("lanes"), one 256-bit vector per value.
-// Every storage or workgroup-memory load is compiled to a loop over the 8 lanes with an exec-mask test,
-// a bounds test and a masked broadcast per component (~40 instructions per lane for a vec4, a dependent
-// chain per component), whereas arithmetic and register spills are plain 8-wide vector instructions.
-// So the cost of a matmul is almost only the number of load instructions a lane issues:
-//   per 4 k-steps a lane with a TM x TN register tile issues TM + TN vec4 loads for 4·TM·TN FMAs,
-// and the only lever is a big per-lane register tile; spilling it to the stack is cheap by comparison.
-// Shared memory does not help here: its loads go through the same per-lane loop, the cooperative fill
-// and the barriers (coroutine switches) come on top. Experiments at 1024³ (GFLOPS computed from process
-// CPU time, i.e. what two idle cores would give; wall-clock numbers were noisy on a shared machine):
+// Every storage or workgroup-memory access is compiled to a loop over the 8 lanes with an exec-mask
+// test, a bounds test and a masked broadcast per component (~40 instructions per lane for a vec4, one
+// dependent chain per component), whereas arithmetic and register spills are plain 8-wide vector
+// instructions. So a matmul costs almost only the loads a lane issues: per 4 k-steps a lane with a
+// TM x TN register tile issues TM + TN vec4 loads for 4·TM·TN FMAs, and the lever is a big per-lane
+// register tile; spilling it to the stack is cheap by comparison. Shared memory does not help: its
+// loads take the same per-lane loop, and the cooperative fill and barriers (coroutine switches) come
+// on top. Experiments at 1024³ (GFLOP/s from process CPU time, i.e. what two idle cores give; wall
+// clock on this shared machine was too noisy to rank variants):
 //   shared-memory tiles 64x64..128x64, lane tiles 8x8/16x8, K-tile 16/32, 16..64 lanes:    4 - 9
-//   no shared memory, loads of all operands first, then FMAs, lane tiles 4x4 .. 8x8:         6 - 14
-//   same, lane tile 16x8 / 20x8 / 24x8 (spilling):                                           15 - 19
-//   B columns interleaved across lanes (lane l reads vec4 l, l+8, ...: 8 lanes touch 2 lines
-//     instead of 8) and each A row loaded right before its 4·TN FMAs (accumulators of one row
-//     stay in registers for 4 k-steps): 16x16 -> 24, 32x16 -> 26, 32x32 -> 29 (compile 5 s).
-//   software-pipelining the next block's loads between FMA rows: slower (19 vs 24).
-//   workgroups of 8x1, 8x2, 8x4, 8x8 lanes: equal within noise; 16x1: no better.
-// Kept: 8 lanes per workgroup (one SIMD group, no barrier, no idle lanes for small M), lane tile
-// TM x 16 (TM = 8, 16 or 32, chosen per shape), vec4 loads wherever the layout is 4-aligned.
-// Rows/columns past the edge are clamped to the last valid one once, before the K loop, so the inner
-// loop has no bounds test at all; only the stores are guarded. A and B are read as vec4 only when the
-// leading dimension, the offset and the batch stride are multiples of 4 (the op decides).
+//   no shared memory, all loads of a k-block first, then FMAs, lane tiles 4x4 .. 8x8:         6 - 14
+//   same, lane tiles 16x8 / 20x8 / 24x8 (spilling):                                           15 - 19
+//   B columns interleaved across lanes (lane l reads vec4 l, l+8, ...: 8 lanes touch 2 cache lines
+//     instead of 8) and each A row loaded right before its 4·TN FMAs (its accumulators stay in
+//     registers for 4 k-steps): lane tile 16x16 -> 24, 32x16 -> 26, 32x32 -> 29 (5 s to compile)
+//   software-pipelining the next k-block's loads between FMA rows: slower (19 vs 24)
+//   workgroups of 8x1, 8x2, 8x4, 8x8 lanes: equal within noise; 16x1: no better
+//   workgroup order walking down column blocks in bands of 4 row blocks (see WORKGROUP_ORDER): +10%
+// Kept: 8 lanes per workgroup (one SIMD group: no barrier, no idle lanes for small M), lane tile TM x 16
+// (TM = 8, 16 or 32 chosen per shape by the op; at T = 16, 16x16 beat 8x16, 16x24, 16x32 and 32x16),
+// vec4 loads wherever the layout is 4-aligned (the op decides), no K % 4 tail in the blocked kernel (the
+// op runs the tail with the scalar k1 kernel, accumulating).
+// Edges: rows and columns past M / N are clamped to the last valid one once, before the K loop, so the
+// inner loop has no bounds test whatever the shape and there is no separate "unchecked" variant: the
+// code of the loop is the same; only the stores are guarded. Epilogue: see `matmulKernel`.
 import type { KernelSpec, Workgroups } from "./descriptor.ts";
 
 /** Invocations per workgroup: one llvmpipe SIMD group, all along N. */
@@ -88,8 +91,25 @@ export function matmulKey(c: MatmulConfig): string {
 
 const XYZW = "xyzw";
 
+/**
+ * Workgroup order. lavapipe hands workgroups to its threads in linear x-fastest order; walked that way
+ * (along N first) every workgroup streams a fresh K x 128 slice of B and B is re-read from L3 once per
+ * row block. Instead the linear id walks super-tiles of SUPER_ROWS row blocks down one column block at a
+ * time: the column block's B slice and the super-tile's A rows both stay in the 2 MiB L2 (at K = 2048:
+ * 1 MiB each). Measured at 2048³: 20.1 (x-fastest), 21.6 (all rows of a column first), 23.9 GFLOP/s.
+ */
+const SUPER_ROWS = 4;
+const WORKGROUP_ORDER = /* wgsl */ `
+  let wl = wid.x + wid.y * nwg.x;
+  let band = wl / (${SUPER_ROWS}u * nwg.x);
+  let r0 = band * ${SUPER_ROWS}u;
+  let rows = min(${SUPER_ROWS}u, nwg.y - r0);
+  let within = wl - band * ${SUPER_ROWS}u * nwg.x;
+  let rowBlock = r0 + within % rows;
+  let colBlock = within / rows;`;
+
 export function matmulKernel(c: MatmulConfig): KernelSpec {
-  const { transA, transB, vecA, vecB, vecC, acc: accumulate, tm, tn, kstep } = c;
+  const { transA, transB, vecA, vecB, vecC, acc, tm, tn, kstep } = c;
   if (tm % 4 !== 0 || tn % 4 !== 0 || tm <= 0 || tn <= 0) throw new Error(`matmul: bad tile ${tm}x${tn}`);
   if (kstep === 1 && (vecA || vecB)) throw new Error("matmul: the k1 kernel reads scalars only");
   const G = tn / 4; // column groups of 4 per lane
@@ -115,8 +135,9 @@ export function matmulKernel(c: MatmulConfig): KernelSpec {
       }
     }
   }
-  const acc: string[] = [];
-  for (let i = 0; i < tm; i++) for (let g = 0; g < G; g++) acc.push(`var c${i}_${g} = vec4<f32>(0.0);`);
+  // accumulators c{i}_{g}: row i, columns of group g (in SoA form a vec4 is just 4 vector registers)
+  const accDecl: string[] = [];
+  for (let i = 0; i < tm; i++) for (let g = 0; g < G; g++) accDecl.push(`var c${i}_${g} = vec4<f32>(0.0);`);
   const fma = (i: number, q: number, g: number, a: string) =>
     `c${i}_${g} = fma(vec4<f32>(${a}), b${q}_${g}, c${i}_${g});`;
 
@@ -177,8 +198,11 @@ export function matmulKernel(c: MatmulConfig): KernelSpec {
 
   // ---- epilogue. llvmpipe executes both sides of every branch (masked), and every guarded memory
   // access is a per-lane loop, so the epilogue is kept to one access per 4 outputs where C is aligned
-  // and to a runtime loop (one copy of the store code) where it is not: unrolled scalar stores made
-  // the LLVM compile of a 32x128 tile take 25 s.
+  // and to a runtime loop (one copy of the store code) where it is not: unrolled guarded scalar stores
+  // made the LLVM compile of a 32x128 tile take 25 s instead of 3 s. The bias is read once per column
+  // group (a select, not a branch: without a bias the binding is a dummy) and accumulation is a
+  // compile-time flag: an epilogue with runtime `if (hasBias)` / `if (beta != 0)` branches around
+  // per-component loads and stores cost 20% of the whole kernel at 1024³.
   const epi: string[] = [];
   for (let g = 0; g < G; g++) {
     const e = [0, 1, 2, 3].map((x) => `bias[min(P.offBias + ${col(g)} + ${x}u, nbias)]`);
@@ -191,7 +215,7 @@ export function matmulKernel(c: MatmulConfig): KernelSpec {
         epi.push(
           `if (m0 + ${i}u < M && ${col(g)} < N) {`,
           `  let ci = (oC + (m0 + ${i}u) * P.ldc + ${col(g)}) / 4u;`,
-          `  C[ci] = ${accumulate ? `C[ci] + ${v}` : v};`,
+          `  C[ci] = ${acc ? `C[ci] + ${v}` : v};`,
           `}`,
         );
       }
@@ -209,7 +233,7 @@ export function matmulKernel(c: MatmulConfig): KernelSpec {
       `  let v = stage[t * ${L}u + lane];`,
       `  let ci = oC + row * P.ldc + cl;`,
       `  for (var x = 0u; x < 4u; x++) {`,
-      `    if (row < M && cl + x < N) { C[ci + x] = ${accumulate ? "C[ci + x] + v[x]" : "v[x]"}; }`,
+      `    if (row < M && cl + x < N) { C[ci + x] = ${acc ? "C[ci + x] + v[x]" : "v[x]"}; }`,
       `  }`,
       `}`,
     );
@@ -218,12 +242,17 @@ export function matmulKernel(c: MatmulConfig): KernelSpec {
   const body = /* wgsl */ `
 ${vecC ? "" : `var<workgroup> stage: array<vec4<f32>, ${tm * G * L}>;\n`}
 @compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
   let lane = lid.x;
   let M = P.M;
   let N = P.N;
-  let m0 = wid.y * ${tm}u;
-  let n0 = wid.x * ${L * tn}u;
+  ${WORKGROUP_ORDER}
+  let m0 = rowBlock * ${tm}u;
+  let n0 = colBlock * ${L * tn}u;
   let oA = P.offA + wid.z * P.strideA;
   let oB = P.offB + wid.z * P.strideB;
   let oC = P.offC + wid.z * P.strideC;
@@ -231,7 +260,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let ldb4 = P.ldb / 4u;
   let nbias = arrayLength(&bias) - 1u;
   ${pre.join("\n  ")}
-  ${acc.join("\n  ")}
+  ${accDecl.join("\n  ")}
   ${loopHead}
     ${loop.join("\n    ")}
   }

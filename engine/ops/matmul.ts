@@ -6,6 +6,7 @@ import {
   MATMUL_LANES,
   type MatmulConfig,
   matmulKernel,
+  matmulKey,
   type MatmulUniforms,
   matmulWorkgroups,
 } from "../../kernels/matmul.ts";
@@ -64,9 +65,9 @@ export interface GemmChunk {
 const TN = 16; // columns per lane of the blocked kernel (a workgroup covers 128 columns)
 const GENERIC_TILE = { tm: 8, tn: 8 }; // the scalar k1 kernel (unaligned operands, K % 4 tail)
 
-const kernels = new Map<string, KernelSpec>();
+const kernels = new Map<string, KernelSpec>(); // generated WGSL by pipeline key
 function kernel(c: MatmulConfig): KernelSpec {
-  const key = JSON.stringify(c);
+  const key = matmulKey(c);
   let k = kernels.get(key);
   if (!k) kernels.set(key, k = matmulKernel(c));
   return k;
@@ -152,7 +153,10 @@ export function planGemm(
     // keep later k-chunks 4-aligned where an operand is read as vec4 along k
     const alongK = (vecA && !p.transA) || (vecB && p.transB);
     kb = down4(kb, kMax, alongK);
-    if (kb < kMax && kb < 4) vecA = vecB = false;
+    if (kb < kMax && kb < 4) {
+      if (!p.transA) vecA = false;
+      if (p.transB) vecB = false;
+    }
     mb = largest(M, maxElems, (x) => Math.max(spanA(p, bb, x, kb), spanC(p, bb, x, 1)));
     mb = down4(mb, M, vecA && p.transA);
     if (mb < M && mb < 4 && vecA && p.transA) vecA = false;
@@ -166,7 +170,7 @@ export function planGemm(
   // the grid's x and y dimensions are limited too (GENERIC_TILE is the smaller tile)
   mb = Math.min(mb, maxWorkgroups * GENERIC_TILE.tm);
   nb = Math.min(nb, maxWorkgroups * MATMUL_LANES * GENERIC_TILE.tn);
-  const tm = pickTileRows(M), tn = TN;
+  const tm = pickTileRows(mb), tn = TN;
 
   const { transA, transB } = p;
   // a k-chunk after the first accumulates onto the partial sum the earlier ones wrote
