@@ -244,3 +244,108 @@ export function klDivergence(logits: Tensor, logProbsRef: Tensor): Tensor {
 }
 
 export { clone };
+
+// ---------------------------------------------------------------- appended for ROME (rome/)
+// Kept at the end of the file (with their own imports) so that this section merges cleanly.
+import {
+  flatWorkgroups as romeFlatWorkgroups,
+  type KernelSpec as RomeKernelSpec,
+} from "../kernels/descriptor.ts";
+import { logSoftmax as rawLogSoftmax, softmax as rawSoftmax } from "./ops/nn.ts";
+
+/** out[0] = sqrt(s[0]): the one scalar square root `norm` needs (no elementwise sqrt exists). */
+const sqrtScalarKernel: RomeKernelSpec = {
+  key: "rome_sqrt_scalar",
+  uniforms: [],
+  bindings: [
+    { name: "s", access: "read", type: "f32" },
+    { name: "out", access: "read_write", type: "f32" },
+  ],
+  workgroupSize: [1, 1, 1],
+  body: /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main() {
+  out[0] = sqrt(s[0]);
+}`,
+};
+
+/** dx[i] = g · x[i] / ‖x‖, and 0 when ‖x‖ = 0 (PyTorch's subgradient of the norm at the origin). */
+const normBackwardKernel: RomeKernelSpec = {
+  key: "rome_norm_backward",
+  uniforms: [["n", "u32"]],
+  bindings: [
+    { name: "x", access: "read", type: "f32" },
+    { name: "nrm", access: "read", type: "f32" },
+    { name: "g", access: "read", type: "f32" },
+    { name: "dx", access: "read_write", type: "f32" },
+  ],
+  workgroupSize: [256, 1, 1],
+  body: /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * WG_X;
+  if (i >= P.n) { return; }
+  let r = nrm[0];
+  dx[i] = select(0.0, g[0] * x[i] / r, r > 0.0);
+}`,
+};
+
+/**
+ * The Euclidean norm ‖x‖ = sqrt(Σ x²) of all elements, [1]. Its gradient is x/‖x‖, taken as 0 at x = 0
+ * as torch.norm does (ROME's weight decay ‖δ‖/‖v₀‖² starts at δ = 0). x must fit one storage binding.
+ */
+export function norm(x: Tensor): Tensor {
+  if (x.dtype !== "f32") throw new TypeError(`norm: expected f32, got ${x}`);
+  const e = x.engine;
+  const out = e.empty([1]);
+  e.scope(() => {
+    const s = rawSum(raw.mul(x, x), "all");
+    e.dispatch(sqrtScalarKernel, {}, [s, out], [1, 1, 1]);
+  });
+  activeTape()?.record(out, [x], [x, out], (g, _n, [sx, sn]) => {
+    const dx = e.empty(sx.shape);
+    e.dispatch(
+      normBackwardKernel,
+      { n: sx.size },
+      [sx, sn, g, dx],
+      romeFlatWorkgroups(Math.ceil(sx.size / 256), e.limits.maxWorkgroupsPerDim),
+    );
+    return [dx];
+  });
+  return out;
+}
+
+/** [n, cols] = column vector v [n] repeated over `cols` columns (an outer product with ones). */
+function repeatCols(v: Tensor, cols: number): Tensor {
+  const ones = v.engine.upload(new Float32Array(cols).fill(1), [1, cols]);
+  return rawMatmul(v.view([v.size, 1]), ones);
+}
+
+/**
+ * Per-row KL(softmax(logits) ‖ p0) = Σ_v p (log p − log p0), with p0 given as fixed log-probabilities
+ * [n, V]: [n]. This is the direction ROME's code minimises (`F.kl_div(log p0, log p, log_target=True)`
+ * in compute_v.py), the reverse of `klDivergence`'s KL(p0 ‖ p). Gradient w.r.t. the logits:
+ * g · p ⊙ (log p − log p0 − KL).
+ */
+export function klDivergenceFromRef(logits: Tensor, logProbsRef: Tensor): Tensor {
+  const what = "klDivergenceFromRef";
+  if (logits.rank !== 2 || logProbsRef.rank !== 2 || logits.shape.join() !== logProbsRef.shape.join()) {
+    throw new RangeError(
+      `${what}: logits ${logits} and reference log-probabilities ${logProbsRef} must be [n, V]`,
+    );
+  }
+  const [n, V] = logits.shape;
+  const e = logits.engine;
+  const { p, d, loss } = e.scope(() => {
+    const p = rawSoftmax(logits);
+    const d = raw.sub(rawLogSoftmax(logits), logProbsRef); // log p − log p0
+    return { p, d, loss: rawSum(raw.mul(p, d), -1) };
+  });
+  activeTape()?.record(loss, [logits], [p, d, loss], (g, _n, [sp, sd, sl]) => {
+    const centred = raw.sub(sd, repeatCols(sl, V)); // log p − log p0 − KL, per row
+    return [raw.mul(raw.mul(sp, centred), repeatCols(g, V)).view([n, V])];
+  });
+  p.dispose();
+  d.dispose();
+  return loss;
+}
