@@ -798,7 +798,12 @@ export async function readSuggestedLayer(hash: string): Promise<SuggestedLayer |
     if (e instanceof Deno.errors.NotFound) return undefined;
     throw e;
   }
-  const r = JSON.parse(text) as SuggestedLayer;
+  let r: SuggestedLayer;
+  try {
+    r = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: invalid JSON (${(e as Error).message}); delete it and rerun trace --facts`);
+  }
   if (!Number.isInteger(r?.layer) || r.model_hash !== hash) {
     throw new Error(`${path}: not a suggested-layer record for model ${hash}`);
   }

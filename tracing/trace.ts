@@ -339,7 +339,11 @@ export async function traceCells(
   const maxRows = opts.maxRows ?? defaultMaxRows(model, T);
   const perChunk = Math.max(1, Math.floor(maxRows / S));
   const groups = new Map<number, number[]>();
-  plans.forEach((p, i) => groups.set(p.start, [...(groups.get(p.start) ?? []), i]));
+  plans.forEach((p, i) => {
+    const g = groups.get(p.start);
+    if (g) g.push(i);
+    else groups.set(p.start, [i]);
+  });
   const chunks: { start: number; cells: number[] }[] = [];
   for (const [start, idx] of [...groups].sort((a, b) => a[0] - b[0])) {
     for (let i = 0; i < idx.length; i += perChunk) chunks.push({ start, cells: idx.slice(i, i + perChunk) });
