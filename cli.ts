@@ -45,6 +45,48 @@ import {
   type TraceKind,
   traceKind,
 } from "./tracing/trace.ts";
+import { resolve } from "node:path";
+import type { Tensor } from "./engine/tensor.ts";
+import { checkLayer } from "./rome/compute.ts";
+import { executeRome, ROME_VARIANTS, type RomeEdit, type RomeVariant } from "./rome/edit.ts";
+import {
+  evaluateRequest,
+  type Evaluation,
+  type EvaluationPrompts,
+  type TargetProbabilities,
+} from "./rome/evaluate.ts";
+import { defaultHparams, HparamsError, parseHparams, type RomeHparams } from "./rome/hparams.ts";
+import { NpzError, readReferenceMom2 } from "./rome/npz.ts";
+import {
+  checkApply,
+  checkRevert,
+  decodePatch,
+  type EditsLog,
+  emptyEditsLog,
+  encodePatch,
+  logEntry,
+  matrixHash,
+  modelContentHash,
+  parseEditsLog,
+  PatchError,
+  patchId,
+  readMatrix,
+  type RomePatch,
+  xorMatrix,
+} from "./rome/patch.ts";
+import { fillTemplate, normalizeRequest, type RequestInput, RomeInputError } from "./rome/request.ts";
+import {
+  type CorpusDocuments,
+  decodeSecondMoment,
+  encodeSecondMoment,
+  type SecondMomentCheckpoint,
+  secondMomentMatrix,
+  secondMomentStats,
+  splitCorpus,
+  statsCacheName,
+  StatsInterrupted,
+} from "./rome/stats.ts";
+import { generateContextTemplates, parseContextTemplates } from "./rome/templates.ts";
 
 /** A mistake in how the command was called: printed as one line, exit code 2. */
 export class UsageError extends Error {
@@ -591,6 +633,1038 @@ async function cmdFacts(args: string[]): Promise<void> {
   );
 }
 
+// ------------------------------------------------------------------ edit / stats (ROME)
+
+/** The bundled model, edited when no --model is given (lands with the trained world model). */
+const DEFAULT_EDIT_MODEL = fileURLToPath(new URL("./models/world-gpt2", import.meta.url));
+/** CounterFact-format records of the bundled world, and the default case edited with no arguments. */
+const DEFAULT_EDIT_DATASET = fileURLToPath(new URL("./data/world/counterfact.json", import.meta.url));
+const DEFAULT_EDIT_CASE = 0;
+/** Text the statistics C are taken over unless --corpus says otherwise: the bundled model's training corpus. */
+const DEFAULT_STATS_CORPUS = fileURLToPath(new URL("./data/world/corpus.txt", import.meta.url));
+/** Shipped statistics inside a model folder, checked before the cache: `<model>/stats/layer<L>.safetensors`. */
+export const shippedStatsPath = (dir: string, layer: number) =>
+  join(dir, "stats", `layer${layer}.safetensors`);
+/** Checkpoints of an interrupted statistics run are saved at most this often. */
+const STATS_CHECKPOINT_SECONDS = 30;
+
+/** `${XDG_CACHE_HOME:-~/.cache}/rome-webgpu/<model hash>`: statistics and context templates of a model. */
+export function romeCacheDir(hash: string): string {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  const home = Deno.env.get("HOME") ?? Deno.env.get("USERPROFILE");
+  const root = xdg ? xdg : home ? join(home, ".cache") : undefined;
+  if (!root) throw new Error("no cache directory: set XDG_CACHE_HOME or HOME");
+  return join(root, "rome-webgpu", hash);
+}
+
+/** Runs `fn`, turning the rome/ modules' input errors into usage errors (one line, exit code 2). */
+async function romeUsage<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (
+      e instanceof RomeInputError || e instanceof HparamsError || e instanceof PatchError ||
+      e instanceof NpzError
+    ) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+function layerInRange(model: Gpt2Model, layer: number): void {
+  try {
+    checkLayer(model, layer);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+function fileExists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function readBytes(path: string, what: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UsageError(`${what} '${path}' not found`);
+    throw new Error(`${what} '${path}': ${(e as Error).message}`);
+  }
+}
+
+/** The edits log of a model folder, if it has one. */
+function readEditsLog(dir: string): EditsLog | undefined {
+  const path = join(dir, "edits.json");
+  if (!fileExists(path)) return undefined;
+  try {
+    return parseEditsLog(JSON.parse(Deno.readTextFileSync(path)), path);
+  } catch (e) {
+    if (e instanceof PatchError) throw e;
+    throw new UsageError(`${path}: invalid JSON (${(e as Error).message})`);
+  }
+}
+
+/** The folder's unedited model hash (statistics and templates belong to it, as the reference computes them once). */
+function baseModelHash(dir: string, model: Gpt2Model): string {
+  return readEditsLog(dir)?.base_model_hash ?? model.hash;
+}
+
+/** The model folder to edit: --model, or the bundled one (with a clear message while it is missing). */
+function editModelDir(opts: Record<string, unknown>): string {
+  const dir = (opts.model as string | undefined) ?? DEFAULT_EDIT_MODEL;
+  if (!fileExists(dir)) {
+    const stale = (() => {
+      try {
+        const parent = dirname(dir), base = basename(dir);
+        return [...Deno.readDirSync(parent)].find((e) => e.name.startsWith(`${base}.old-`))?.name;
+      } catch {
+        return undefined;
+      }
+    })();
+    if (stale) {
+      throw new UsageError(
+        `model folder '${dir}' is missing but '${join(dirname(dir), stale)}' exists: an interrupted save ` +
+          `left the previous copy there; rename it back to '${dir}'`,
+      );
+    }
+    if (opts.model === undefined) {
+      throw new UsageError(
+        `the bundled model ${dir} is not there yet (it is trained by \`deno task train-demo\`); give --model DIR`,
+      );
+    }
+    throw new UsageError(`model folder '${dir}' not found (give --model DIR, a Hugging Face GPT-2 folder)`);
+  }
+  return dir;
+}
+
+// ---- the corpus and the statistics C
+
+interface Corpus {
+  path: string;
+  /** Documents in order (files sorted by name). */
+  texts: string[];
+  /** First 16 hex digits of the SHA-256 of the files' bytes, in order. */
+  hash: string;
+}
+
+async function readStatsCorpus(path: string): Promise<Corpus> {
+  let files: string[];
+  try {
+    const st = Deno.statSync(path);
+    files = st.isDirectory
+      ? [...Deno.readDirSync(path)].filter((e) => e.isFile && e.name.endsWith(".txt")).map((e) =>
+        join(path, e.name)
+      )
+        .sort()
+      : [path];
+  } catch {
+    throw new UsageError(`--corpus '${path}' not found (a text file, or a folder of .txt files)`);
+  }
+  if (files.length === 0) throw new UsageError(`--corpus '${path}' holds no .txt files`);
+  const parts: Uint8Array[] = [];
+  const texts: string[] = [];
+  for (const f of files) {
+    const bytes = await Deno.readFile(f);
+    parts.push(bytes, new Uint8Array([0]));
+    texts.push(...splitCorpus(new TextDecoder().decode(bytes)));
+  }
+  if (texts.length === 0) throw new UsageError(`--corpus '${path}' holds no documents`);
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) (all.set(p, at), at += p.byteLength);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+  return {
+    path,
+    texts,
+    hash: Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join(""),
+  };
+}
+
+function tokenizedCorpus(corpus: Corpus, tokenizer: Gpt2Tokenizer): CorpusDocuments {
+  return { length: corpus.texts.length, tokens: (i) => tokenizer.encode(corpus.texts[i]) };
+}
+
+/** Where statistics C came from, and the GPU matrix (mom2 / count) the caller disposes. */
+export interface LayerStats {
+  C: Tensor;
+  count: number;
+  /** Identity recorded in patches: the cache key, "npz:<file>", or the file used. */
+  id: string;
+  source: "file" | "shipped" | "cache" | "computed";
+  path: string;
+  seconds: number;
+  /** Mean of C's diagonal (E[k_i²] averaged over i): a scale for --damping. */
+  meanDiagonal: number;
+  documents?: number;
+  tokensPerSecond?: number;
+}
+
+function meanDiagonal(mom2: Float32Array, count: number): number {
+  const n = Math.round(Math.sqrt(mom2.length));
+  let t = 0;
+  for (let i = 0; i < n; i++) t += mom2[i * n + i];
+  return t / count / n;
+}
+
+export interface LayerStatsOptions {
+  layer: number;
+  /** Model folder (for shipped statistics) and the base hash the cache is keyed by. */
+  dir: string;
+  baseHash: string;
+  corpus?: string;
+  samples?: number;
+  /** An explicit statistics file (.safetensors of ours, or the reference's .npz). */
+  file?: string;
+  quiet?: boolean;
+  signal?: AbortSignal;
+}
+
+async function uploadStats(
+  model: Gpt2Model,
+  mom2: Float32Array,
+  count: number,
+  where: string,
+): Promise<Tensor> {
+  const dff = model.config.nInner;
+  if (mom2.length !== dff * dff) {
+    throw new UsageError(
+      `${where} holds a ${Math.sqrt(mom2.length)}² matrix; this model's MLP keys have d_ff = ${dff}`,
+    );
+  }
+  const e = model.engine;
+  const C = e.scope(() => e.keep(secondMomentMatrix(e.upload(mom2, [dff, dff]), count)));
+  await e.sync();
+  return C;
+}
+
+/**
+ * C at a layer: an explicit --stats/--npz file, else the folder's shipped `stats/layer<L>.safetensors`,
+ * else the cache (model hash, layer, corpus hash, samples), else computed now over the corpus on the GPU
+ * (progress bar, checkpoints every 30 s, resumable after an interruption) and cached.
+ */
+export async function layerStats(
+  model: Gpt2Model,
+  tokenizer: Gpt2Tokenizer,
+  o: LayerStatsOptions,
+): Promise<LayerStats> {
+  const t0 = performance.now();
+  const seconds = () => (performance.now() - t0) / 1000;
+  if (o.file) {
+    const bytes = await readBytes(o.file, "statistics file");
+    const { mom2, count } = o.file.endsWith(".npz")
+      ? await romeUsage(() => readReferenceMom2(bytes, o.file!))
+      : decodeSecondMoment(bytes, o.file);
+    const C = await uploadStats(model, mom2, count, o.file);
+    return {
+      C,
+      count,
+      id: `file:${basename(o.file)}`,
+      source: "file",
+      path: o.file,
+      seconds: seconds(),
+      meanDiagonal: meanDiagonal(mom2, count),
+    };
+  }
+  const shipped = shippedStatsPath(o.dir, o.layer);
+  if (fileExists(shipped)) {
+    const { mom2, count, info } = decodeSecondMoment(await Deno.readFile(shipped), shipped);
+    if (info.layer === o.layer && (info.model_hash === undefined || info.model_hash === o.baseHash)) {
+      const C = await uploadStats(model, mom2, count, shipped);
+      const id = info.corpus_hash ? statsCacheName(o.layer, info.corpus_hash, info.samples ?? 0) : shipped;
+      return {
+        C,
+        count,
+        id,
+        source: "shipped",
+        path: shipped,
+        seconds: seconds(),
+        meanDiagonal: meanDiagonal(mom2, count),
+      };
+    }
+    if (!o.quiet) console.error(`note: ${shipped} belongs to another model or layer; not used`);
+  }
+  const corpus = await readStatsCorpus(o.corpus ?? DEFAULT_STATS_CORPUS);
+  const samples = Math.min(corpus.texts.length, o.samples ?? corpus.texts.length);
+  const name = statsCacheName(o.layer, corpus.hash, samples);
+  const dir = join(romeCacheDir(o.baseHash), "stats");
+  const path = join(dir, name);
+  if (fileExists(path)) {
+    const { mom2, count } = decodeSecondMoment(await Deno.readFile(path), path);
+    const C = await uploadStats(model, mom2, count, path);
+    return {
+      C,
+      count,
+      id: name,
+      source: "cache",
+      path,
+      seconds: seconds(),
+      meanDiagonal: meanDiagonal(mom2, count),
+    };
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  const partial = path.replace(/\.safetensors$/, ".partial.safetensors");
+  let resume: SecondMomentCheckpoint | undefined;
+  if (fileExists(partial)) {
+    try {
+      const r = decodeSecondMoment(await Deno.readFile(partial), partial);
+      if (r.info.cursor !== undefined && r.info.cursor <= samples) resume = { ...r, cursor: r.info.cursor };
+    } catch {
+      resume = undefined; // an unreadable checkpoint is recomputed, not trusted
+    }
+  }
+  const info = {
+    model_hash: o.baseHash,
+    layer: o.layer,
+    corpus_hash: corpus.hash,
+    samples,
+    source: corpus.path,
+  };
+  const bar = new Progress(`statistics C, layer ${o.layer}`, samples, o.quiet);
+  const startTokens = resume?.count ?? 0;
+  let lastSave = performance.now(), final: SecondMomentCheckpoint | undefined;
+  const enc = (s: SecondMomentCheckpoint) =>
+    encodeSecondMoment(s.mom2, s.count, { ...info, cursor: s.cursor });
+  if (resume && !o.quiet) console.error(`resuming ${partial} at document ${resume.cursor} of ${samples}`);
+  const run = await secondMomentStats(model, o.layer, tokenizedCorpus(corpus, tokenizer), {
+    samples,
+    resume,
+    signal: o.signal,
+    onProgress: (docs, tokens) =>
+      bar.update(docs, `${((tokens - startTokens) / seconds()).toFixed(0)} tok/s`),
+    checkpoint: {
+      due: () => performance.now() - lastSave > STATS_CHECKPOINT_SECONDS * 1000,
+      save: async (s) => {
+        lastSave = performance.now();
+        if (s.cursor === samples) final = s;
+        else await writeFileAtomic(partial, enc(s));
+      },
+    },
+  });
+  bar.done();
+  await writeFileAtomic(path, enc(final!));
+  await Deno.remove(partial).catch(() => {});
+  const C = model.engine.scope(() => model.engine.keep(secondMomentMatrix(run.mom2, run.count)));
+  run.mom2.dispose();
+  const s = seconds();
+  return {
+    C,
+    count: run.count,
+    id: name,
+    source: "computed",
+    path,
+    seconds: s,
+    meanDiagonal: meanDiagonal(final!.mom2, final!.count),
+    documents: samples - (resume?.cursor ?? 0),
+    tokensPerSecond: (run.count - startTokens) / s,
+  };
+}
+
+/** layerStats with Ctrl-C stopping after the current group (its checkpoint saved) instead of losing the run. */
+async function layerStatsInterruptible(
+  model: Gpt2Model,
+  tokenizer: Gpt2Tokenizer,
+  o: LayerStatsOptions,
+): Promise<LayerStats> {
+  const ac = new AbortController();
+  const onInt = () => ac.abort();
+  Deno.addSignalListener("SIGINT", onInt);
+  try {
+    return await layerStats(model, tokenizer, { ...o, signal: ac.signal });
+  } catch (e) {
+    if (e instanceof StatsInterrupted) throw new Error(`statistics ${e.message}`);
+    throw e;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInt);
+  }
+}
+
+const STATS_USAGE =
+  `deno task stats [--model DIR] [--layer L] [--corpus FILE|DIR] [--samples N] [--out FILE] [--json]
+deno task stats --npz FILE [--model DIR] [--out FILE] [--json]
+  Second-moment statistics C = E[k kᵀ] of the MLP keys (the input of mlp.c_proj) at layer L, which ROME's
+  update solves against (u = C⁻¹ k̄). Summed on the GPU over the first N documents of the corpus (default:
+  all of ${DEFAULT_STATS_CORPUS}, documents separated by lines holding only <|endoftext|>;
+  a folder means every .txt in it), each cut at the model's context length. Cached under
+  ${romeCacheDir("<model hash>")}/stats/layer<L>_<corpus hash>_<N>.safetensors ('mom2' = Σ k kᵀ,
+  'count' = tokens); an interrupted run (Ctrl-C, or killed) resumes from its last checkpoint. A model folder
+  may ship its own: <model>/stats/layer<L>.safetensors is used before the cache (--out writes such a file).
+  --layer defaults to the model's default edit layer (its hparams). --npz reads the reference's precomputed
+  statistics (keys mom2.mom2, mom2.count; e.g. transformer.h.17.mlp.c_proj_float32_mom2_100000.npz),
+  checks them against --model when given and converts them with --out.`;
+
+async function cmdStats(args: string[]): Promise<void> {
+  const opts = parse(args, {
+    ...MODEL_OPTION,
+    layer: { type: "string" },
+    corpus: { type: "string" },
+    samples: { type: "string" },
+    npz: { type: "string" },
+    out: { type: "string" },
+    json: { type: "boolean" },
+  }, STATS_USAGE);
+  const json = Boolean(opts.json);
+  if (opts.npz !== undefined) return await statsFromNpz(opts);
+  const dir = editModelDir(opts);
+  const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
+  const layer = opts.layer === undefined
+    ? defaultHparams(model.config).hparams.layers[0]
+    : intOption(opts, "layer", 0);
+  layerInRange(model, layer);
+  const samples = opts.samples === undefined ? undefined : intOption(opts, "samples", 0, 1);
+  const s = await layerStatsInterruptible(model, tokenizer, {
+    layer,
+    dir,
+    baseHash: baseModelHash(dir, model),
+    corpus: opts.corpus as string | undefined,
+    samples,
+    quiet: json,
+  });
+  const diag = s.meanDiagonal;
+  s.C.dispose();
+  if (opts.out) {
+    const bytes = await Deno.readFile(s.path);
+    await Deno.mkdir(dirname(opts.out as string), { recursive: true });
+    await writeFileAtomic(opts.out as string, [bytes]);
+  }
+  const record = {
+    model: dir,
+    model_hash: model.hash,
+    layer,
+    source: s.source,
+    cached: s.source !== "computed",
+    path: s.path,
+    ...(opts.out ? { out: opts.out } : {}),
+    count: s.count,
+    mean_diagonal: diag,
+    seconds: s.seconds,
+    ...(s.tokensPerSecond !== undefined
+      ? { documents: s.documents, tokens_per_second: s.tokensPerSecond }
+      : {}),
+  };
+  if (json) return console.log(JSON.stringify(record));
+  console.log(
+    `C at layer ${layer}: ${s.count} tokens, mean diagonal ${fmt(diag, 4)} (${
+      s.source === "computed"
+        ? `computed over ${s.documents} documents, ${s.tokensPerSecond!.toFixed(0)} tokens/s, ${
+          fmtSeconds(s.seconds)
+        }`
+        : `${s.source}`
+    })`,
+  );
+  console.log(
+    `${s.source === "computed" ? "cached in" : "from"} ${s.path}${opts.out ? `; copied to ${opts.out}` : ""}`,
+  );
+}
+
+async function statsFromNpz(opts: Record<string, unknown>): Promise<void> {
+  const file = opts.npz as string;
+  for (const f of ["corpus", "samples"]) {
+    if (opts[f] !== undefined) throw new UsageError(`--${f} is for computing statistics, not with --npz`);
+  }
+  const { mom2, dff, count } = await romeUsage(async () =>
+    readReferenceMom2(await readBytes(file, "--npz"), file)
+  );
+  const named = /\.h\.(\d+)\.mlp/.exec(basename(file));
+  const layer = opts.layer !== undefined ? intOption(opts, "layer", 0) : named ? Number(named[1]) : undefined;
+  let hash = "unknown";
+  if (opts.model !== undefined) {
+    const dir = editModelDir(opts);
+    const { model } = await loadModel({ ...opts, model: dir }, Boolean(opts.json));
+    if (model.config.nInner !== dff) {
+      throw new UsageError(
+        `${file} is a ${dff}² matrix; ${dir}'s MLP keys have d_ff = ${model.config.nInner}`,
+      );
+    }
+    if (layer !== undefined) layerInRange(model, layer);
+    hash = baseModelHash(dir, model);
+  }
+  if (opts.out) {
+    if (layer === undefined) {
+      throw new UsageError("--layer L is needed to convert (the file name does not say)");
+    }
+    await Deno.mkdir(dirname(opts.out as string), { recursive: true });
+    await writeFileAtomic(
+      opts.out as string,
+      encodeSecondMoment(mom2, count, {
+        model_hash: hash,
+        layer,
+        corpus_hash: "npz",
+        samples: 0,
+        cursor: 0,
+        source: basename(file),
+      }),
+    );
+  }
+  let trace = 0;
+  for (let i = 0; i < dff; i++) trace += mom2[i * dff + i];
+  const record = {
+    npz: file,
+    d_ff: dff,
+    count,
+    layer: layer ?? null,
+    mean_diagonal: trace / count / dff,
+    out: opts.out ?? null,
+  };
+  if (opts.json) return console.log(JSON.stringify(record));
+  console.log(
+    `${file}: Σ k kᵀ over ${count} tokens, d_ff = ${dff}${layer !== undefined ? `, layer ${layer}` : ""}, ` +
+      `mean diagonal of C ${fmt(trace / count / dff, 4)}${opts.out ? `; wrote ${opts.out}` : ""}`,
+  );
+}
+
+// ---- context templates
+
+async function contextTemplatesCached(
+  model: Gpt2Model,
+  tokenizer: Gpt2Tokenizer,
+  baseHash: string,
+  params: [number, number][],
+  seed: number,
+  quiet: boolean,
+): Promise<{ templates: string[]; cached: boolean }> {
+  const key = params.map(([l, n]) => `${l}x${n}`).join("_");
+  const path = join(romeCacheDir(baseHash), `context_templates_seed${seed}_${key}.json`);
+  if (fileExists(path)) {
+    try {
+      const j = JSON.parse(await Deno.readTextFile(path));
+      return { templates: parseContextTemplates(j.templates, path), cached: true };
+    } catch {
+      // regenerated below
+    }
+  }
+  const bar = new Progress("context templates", params.length, quiet);
+  const templates = await generateContextTemplates(model, tokenizer, params, seed, (d) => bar.update(d));
+  bar.done();
+  await Deno.mkdir(dirname(path), { recursive: true });
+  const record = { model_hash: baseHash, seed, length_params: params, templates };
+  await writeFileAtomic(path, [new TextEncoder().encode(JSON.stringify(record, null, 1) + "\n")]);
+  return { templates, cached: false };
+}
+
+// ---- saving edited folders
+
+/** Model weights and files rewritten on save; never copied from the source folder. */
+const WEIGHT_FILE =
+  /^(model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin|pytorch_model\.bin\.index\.json|tf_model\.h5|flax_model\.msgpack|.*\.(pt|pth|ckpt|bin))$/;
+
+function folderFiles(dir: string, rel = ""): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync(join(dir, rel))) {
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory) out.push(...folderFiles(dir, r));
+    else if (e.isFile) out.push(r);
+  }
+  return out;
+}
+
+/**
+ * Writes the edited model as a complete Hugging Face folder: saveGpt2Folder into a fresh staging folder,
+ * the source folder's other files (tokenizer, shipped statistics, earlier patch copies) and `files` added
+ * there, then the staging folder replaces `out` by renames. Until that last step `out` is untouched; an
+ * existing `out` that is not a model folder is refused rather than replaced.
+ */
+export async function saveEditedFolder(
+  src: string,
+  out: string,
+  model: Gpt2Model,
+  files: Record<string, string | Uint8Array>,
+  drop: ReadonlySet<string> = new Set(),
+): Promise<void> {
+  if (fileExists(out) && !fileExists(join(out, "config.json"))) {
+    if ([...Deno.readDirSync(out)].length > 0) {
+      throw new UsageError(`--out '${out}' exists and is not a model folder; give a new folder`);
+    }
+  }
+  const copied: Record<string, Uint8Array> = {};
+  for (const rel of folderFiles(src)) {
+    if (
+      rel === "config.json" || rel === "edits.json" || WEIGHT_FILE.test(rel) || drop.has(rel) || rel in files
+    ) continue;
+    copied[rel] = await Deno.readFile(join(src, rel));
+  }
+  const all = { ...copied, ...files };
+  const flat = Object.fromEntries(Object.entries(all).filter(([k]) => !k.includes("/")));
+  const nested = Object.entries(all).filter(([k]) => k.includes("/"));
+  const stage = `${out}.stage-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await saveGpt2Folder(stage, model, { extraFiles: flat });
+    for (const [rel, data] of nested) {
+      await Deno.mkdir(dirname(join(stage, rel)), { recursive: true });
+      if (typeof data === "string") await Deno.writeTextFile(join(stage, rel), data);
+      else await Deno.writeFile(join(stage, rel), data);
+    }
+    let old: string | undefined;
+    if (fileExists(out)) {
+      old = `${out}.old-${crypto.randomUUID().slice(0, 8)}`;
+      await Deno.rename(out, old);
+    }
+    await Deno.rename(stage, out);
+    if (old) await Deno.remove(old, { recursive: true });
+  } catch (e) {
+    await Deno.remove(stage, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+/** Where an edited model goes: --out DIR, or the input folder itself with --in-place; never the input otherwise. */
+function editOutputDir(opts: Record<string, unknown>, dir: string, required: boolean): string | undefined {
+  const out = opts.out as string | undefined;
+  if (opts["in-place"]) {
+    if (out !== undefined && resolve(out) !== resolve(dir)) {
+      throw new UsageError("give either --out DIR or --in-place");
+    }
+    return dir;
+  }
+  if (out === undefined) {
+    if (required) {
+      throw new UsageError("--out DIR is required (a new folder), or --in-place to change --model's folder");
+    }
+    return undefined;
+  }
+  if (resolve(out) === resolve(dir)) {
+    throw new UsageError(
+      `--out is the input folder '${dir}': pass --in-place to overwrite it, or choose another --out`,
+    );
+  }
+  return out;
+}
+
+// ---- deno task edit
+
+const EDIT_USAGE =
+  `deno task edit [--model DIR] --prompt "{} is located in" --subject S --target T [--target-true T]
+                [--layer L|auto] [--hparams FILE] [--variant rome|r-rome] [--seed S]
+                [--stats FILE | --npz FILE] [--corpus FILE|DIR] [--samples N] [--damping λ]
+                [--out DIR | --in-place] [--patch FILE] [--max-tokens N] [--json]
+deno task edit [--model DIR] --case ID [--dataset FILE] ...     (a CounterFact record)
+deno task edit --apply PATCH  --model DIR (--out DIR2 | --in-place) [--json]
+deno task edit --revert PATCH --model DIR (--out DIR2 | --in-place) [--json]
+deno task edit --list --model DIR [--json]
+  Rewrites one fact with ROME (Meng et al. 2022): the subject's MLP key k̄ at layer L (averaged over
+  context prefixes sampled from the model, seeded by --seed) is mapped to a value v* optimised so that
+  the model says T after the prompt; the change is one rank-one update of mlp.c_proj at L. Prints the
+  probabilities of the new and the true target on the prompt, its paraphrases and neighbours before and
+  after, and greedy generations. --case takes all of that from a CounterFact record of --dataset
+  (default ${DEFAULT_EDIT_DATASET}). With no arguments: case ${DEFAULT_EDIT_CASE} on the bundled model.
+  --layer auto uses causal tracing's suggestion for this model (deno task trace --facts). Hyperparameters:
+  --hparams FILE, else rome/hparams/<model>.json chosen by the model's shape. --variant r-rome uses the
+  averaged key in the update's denominator too (R-ROME, Gupta et al. 2024). C: see deno task stats.
+  --out DIR saves the edited model (a complete Hugging Face folder, written atomically, with edits.json
+  and a copy of the patch); --patch FILE writes the edit as a patch. The input folder is only changed
+  with --in-place. --apply / --revert replay or undo a patch bit for bit (the last edit of a matrix must
+  be reverted first); --list shows the edits recorded in a folder.`;
+
+const EDIT_OPTIONS = {
+  ...MODEL_OPTION,
+  prompt: { type: "string" },
+  subject: { type: "string" },
+  target: { type: "string" },
+  "target-true": { type: "string" },
+  case: { type: "string" },
+  dataset: { type: "string" },
+  layer: { type: "string" },
+  hparams: { type: "string" },
+  variant: { type: "string" },
+  seed: { type: "string" },
+  stats: { type: "string" },
+  npz: { type: "string" },
+  corpus: { type: "string" },
+  samples: { type: "string" },
+  damping: { type: "string" },
+  out: { type: "string" },
+  "in-place": { type: "boolean" },
+  patch: { type: "string" },
+  "max-tokens": { type: "string" },
+  json: { type: "boolean" },
+  apply: { type: "string" },
+  revert: { type: "string" },
+  list: { type: "boolean" },
+} as const;
+
+interface CounterFactRecord {
+  case_id: number;
+  requested_rewrite: {
+    prompt: string;
+    subject: string;
+    target_new: { str: string };
+    target_true: { str: string };
+  };
+  paraphrase_prompts?: string[];
+  neighborhood_prompts?: string[];
+  generation_prompts?: string[];
+}
+
+/** The request and its evaluation prompts: from --prompt/--subject/--target, or a CounterFact --case. */
+async function editRequest(
+  opts: Record<string, unknown>,
+): Promise<{ input: RequestInput; caseId?: number; prompts: EvaluationPrompts }> {
+  const explicit = ["prompt", "subject", "target"].filter((k) => opts[k] !== undefined);
+  if (opts.case === undefined && explicit.length > 0) {
+    return {
+      input: {
+        prompt: requireText(opts, "prompt"),
+        subject: requireText(opts, "subject"),
+        target_new: opts.target === undefined ? requireText(opts, "target") : String(opts.target),
+        target_true: opts["target-true"] as string | undefined,
+      },
+      prompts: {},
+    };
+  }
+  if (explicit.length > 0) {
+    throw new UsageError(`--case takes the request from the dataset; drop --${explicit[0]}`);
+  }
+  const id = opts.case === undefined ? DEFAULT_EDIT_CASE : intOption(opts, "case", 0);
+  const file = (opts.dataset as string | undefined) ?? DEFAULT_EDIT_DATASET;
+  const data = await readJsonFile(file, "dataset");
+  if (!Array.isArray(data)) throw new UsageError(`dataset '${file}' is not a list of CounterFact records`);
+  const r = (data as CounterFactRecord[]).find((x) => x?.case_id === id);
+  if (!r?.requested_rewrite?.target_new) throw new UsageError(`dataset '${file}' has no case_id ${id}`);
+  const rw = r.requested_rewrite;
+  return {
+    input: {
+      prompt: rw.prompt,
+      subject: rw.subject,
+      target_new: rw.target_new.str,
+      target_true: opts["target-true"] as string | undefined ?? rw.target_true?.str,
+    },
+    caseId: id,
+    prompts: {
+      paraphrases: r.paraphrase_prompts ?? [],
+      neighbours: r.neighborhood_prompts ?? [],
+      generation: [...new Set(r.generation_prompts ?? [])].slice(0, 1),
+    },
+  };
+}
+
+async function editLayer(
+  opts: Record<string, unknown>,
+  model: Gpt2Model,
+  base: string,
+  hp: RomeHparams,
+): Promise<number> {
+  if (opts.layer === undefined) return hp.layers[0];
+  if (opts.layer === "auto") {
+    const s = await readSuggestedLayer(model.hash) ??
+      (base !== model.hash ? await readSuggestedLayer(base) : undefined);
+    if (!s) {
+      throw new UsageError(
+        `--layer auto: no causal-tracing result for this model (hash ${model.hash}); run ` +
+          `\`deno task trace --model DIR --facts FILE --suggest-layer\` first, or give --layer L`,
+      );
+    }
+    return s.layer;
+  }
+  return intOption(opts, "layer", 0);
+}
+
+function probabilityLine(label: string, pre: TargetProbabilities, post: TargetProbabilities): string {
+  const pct = (p: number | undefined) => p === undefined ? "      -" : `${(p * 100).toFixed(2).padStart(6)}%`;
+  return `${label.padEnd(14)} ${pct(pre.target_new)} → ${pct(post.target_new)}   ${pct(pre.target_true)} → ${
+    pct(post.target_true)
+  }   ${JSON.stringify(pre.prompt)}`;
+}
+
+async function cmdEdit(args: string[]): Promise<void> {
+  const opts = parse(args, EDIT_OPTIONS, EDIT_USAGE);
+  const modes = ["apply", "revert", "list"].filter((k) => opts[k] !== undefined);
+  if (modes.length > 1) throw new UsageError(`give only one of --${modes.join(", --")}`);
+  if (modes.length === 1) {
+    if (opts.model === undefined) throw new UsageError(`--${modes[0]} needs --model DIR`);
+    if (modes[0] === "list") return editList(opts);
+    return await romeUsage(() => applyOrRevert(opts, modes[0] as "apply" | "revert"));
+  }
+  return await romeUsage(() => editOnce(opts));
+}
+
+function editList(opts: Record<string, unknown>): void {
+  const dir = editModelDir(opts);
+  const log = readEditsLog(dir);
+  if (opts.json) return console.log(JSON.stringify(log ?? null));
+  if (!log || log.edits.length === 0) return console.log(`${dir}: no edits recorded`);
+  console.log(`${dir}: ${log.edits.length} edit(s) on base model ${log.base_model_hash}, oldest first`);
+  for (const [i, e] of log.edits.entries()) {
+    const r = e.request;
+    console.log(
+      `${String(i + 1).padStart(3)}. ${e.id}  layer ${e.layer} ${e.variant}  ${
+        JSON.stringify(r.prompt.replace("{}", r.subject))
+      } → ${JSON.stringify(r.target_new)}  (${e.applied}, ${e.file})`,
+    );
+  }
+}
+
+async function editOnce(opts: Record<string, unknown>): Promise<void> {
+  const json = Boolean(opts.json);
+  const { input, caseId, prompts } = await editRequest(opts);
+  const request = normalizeRequest(input);
+  const variant = String(opts.variant ?? "rome") as RomeVariant;
+  if (!ROME_VARIANTS.includes(variant)) {
+    throw new UsageError(`--variant must be rome or r-rome (got '${variant}')`);
+  }
+  const seed = intOption(opts, "seed", 1);
+  const maxTokens = intOption(opts, "max-tokens", 20);
+  const damping = opts.damping === undefined ? 0 : Number(opts.damping);
+  if (!(damping >= 0) || !Number.isFinite(damping)) {
+    throw new UsageError(`--damping must be a number ≥ 0 (got '${opts.damping}')`);
+  }
+  if (opts.stats !== undefined && opts.npz !== undefined) {
+    throw new UsageError("give either --stats FILE or --npz FILE");
+  }
+  const dir = editModelDir(opts);
+  const out = editOutputDir(opts, dir, false);
+  const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
+  const base = baseModelHash(dir, model);
+  const { hparams: hp, source: hpSource } = opts.hparams !== undefined
+    ? {
+      hparams: parseHparams(await readJsonFile(opts.hparams as string, "--hparams"), opts.hparams as string),
+      source: opts.hparams as string,
+    }
+    : defaultHparams(model.config);
+  const layer = await editLayer(opts, model, base, hp);
+  checkLayer(model, layer);
+  const hashBefore = model.hash;
+
+  // The unedited model's view of the request; checks the request's prompts fit before any long work.
+  const pre = await evaluateRequest(model, tokenizer, request, prompts, { generationTokens: maxTokens });
+
+  let stats: LayerStats | undefined;
+  if (hp.mom2_adjustment) {
+    stats = await layerStatsInterruptible(model, tokenizer, {
+      layer,
+      dir,
+      baseHash: base,
+      corpus: opts.corpus as string | undefined,
+      samples: opts.samples === undefined ? hp.mom2_n_samples : intOption(opts, "samples", 0, 1),
+      file: (opts.stats ?? opts.npz) as string | undefined,
+      quiet: json,
+    });
+  }
+  let edit: RomeEdit;
+  let templateSeconds: number;
+  try {
+    const t0 = performance.now();
+    const { templates } = await contextTemplatesCached(
+      model,
+      tokenizer,
+      base,
+      hp.context_template_length_params,
+      seed,
+      json,
+    );
+    templateSeconds = (performance.now() - t0) / 1000;
+    const bar = new Progress("v* (Adam on δ)", hp.v_num_grad_steps, json);
+    edit = await executeRome(model, tokenizer, request, {
+      hparams: hp,
+      layer,
+      variant,
+      templates,
+      secondMoment: stats ? { C: stats.C, count: stats.count } : null,
+      damping,
+      onValueStep: (step, loss) => bar.update(step + 1, `loss ${loss.toFixed(4)}`),
+    });
+    bar.done(`loss ${edit.losses.at(-1)!.toFixed(4)}`);
+  } finally {
+    stats?.C.dispose();
+  }
+  const post = await evaluateRequest(model, tokenizer, request, prompts, { generationTokens: maxTokens });
+
+  const wantFiles = out !== undefined || opts.patch !== undefined;
+  const hashAfter = wantFiles ? await modelContentHash(model) : "";
+  if (wantFiles) model.hash = hashAfter;
+  const probs = (e: Evaluation) => ({
+    target_new: e.rewrite.target_new,
+    ...(e.rewrite.target_true !== undefined ? { target_true: e.rewrite.target_true } : {}),
+  });
+  let patchInfo: { id: string; file?: string } | undefined;
+  if (wantFiles) {
+    const patch: RomePatch = {
+      meta: {
+        id: await patchId(edit.matrix, edit.matrixHashBefore, hashBefore, edit.xor),
+        layer,
+        matrix: edit.matrix,
+        variant,
+        request: { ...request, ...(caseId !== undefined ? { case_id: caseId } : {}) },
+        hparams: { ...hp },
+        seed,
+        model_hash_before: hashBefore,
+        model_hash_after: hashAfter,
+        matrix_hash_before: edit.matrixHashBefore,
+        matrix_hash_after: edit.matrixHashAfter,
+        c_hash: stats?.id ?? "identity",
+        pre: probs(pre),
+        post: probs(post),
+        delta_norm: edit.deltaNorm,
+        created: new Date().toISOString(),
+      },
+      u: edit.u,
+      lambda: edit.lambda,
+      key: edit.key,
+      vStar: edit.vStar,
+      xor: edit.xor,
+    };
+    const bytes = concatBytes(encodePatch(patch));
+    patchInfo = { id: patch.meta.id };
+    if (opts.patch !== undefined) {
+      await writeFileAtomic(opts.patch as string, [bytes]);
+      patchInfo.file = opts.patch as string;
+    }
+    if (out !== undefined) {
+      const rel = `edits/${patch.meta.id}.safetensors`;
+      const log = readEditsLog(dir) ?? emptyEditsLog(hashBefore);
+      log.edits.push(logEntry(patch, rel));
+      await saveEditedFolder(dir, out, model, {
+        "edits.json": JSON.stringify(log, null, 1) + "\n",
+        [rel]: bytes,
+      });
+    }
+  }
+
+  const pair = (a: TargetProbabilities, b: TargetProbabilities) => ({
+    prompt: a.prompt,
+    pre: { target_new: a.target_new, target_true: a.target_true ?? null },
+    post: { target_new: b.target_new, target_true: b.target_true ?? null },
+  });
+  const record = {
+    request: { ...request, ...(caseId !== undefined ? { case_id: caseId } : {}) },
+    layer,
+    variant,
+    hparams: hpSource,
+    pre: probs(pre),
+    post: probs(post),
+    paraphrases: pre.paraphrases.map((p, i) => pair(p, post.paraphrases[i])),
+    neighbours: pre.neighbours.map((p, i) => pair(p, post.neighbours[i])),
+    generations: pre.generations.map((g, i) => ({
+      prompt: g.prompt,
+      pre: g.text,
+      post: post.generations[i].text,
+    })),
+    delta_norm: edit.deltaNorm,
+    v0_norm: edit.v0Norm,
+    losses: edit.losses,
+    seconds: {
+      stats: stats?.seconds ?? 0,
+      k: templateSeconds + edit.seconds.k,
+      v: edit.seconds.v,
+      update: edit.seconds.update,
+    },
+    stats: stats ? { source: stats.source, path: stats.path, count: stats.count } : null,
+    model_hash_before: hashBefore,
+    ...(wantFiles ? { model_hash_after: hashAfter } : {}),
+    ...(patchInfo ? { patch: patchInfo } : {}),
+    ...(out !== undefined ? { out } : {}),
+  };
+  if (json) return console.log(JSON.stringify(record));
+  const r = request;
+  console.log(
+    `edit: ${JSON.stringify(fillTemplate(r.prompt, r.subject))} → ${JSON.stringify(r.target_new.trim())}${
+      r.target_true ? ` (was ${JSON.stringify(r.target_true.trim())})` : ""
+    }; layer ${layer}, ${variant}, hparams ${hpSource}`,
+  );
+  if (stats) {
+    console.log(`C: ${stats.count} tokens (${stats.source} ${stats.path})`);
+  } else console.log("C: identity (mom2_adjustment false)");
+  console.log(
+    `v*: ${edit.forwards} forwards, loss ${edit.losses[0].toFixed(4)} → ${edit.losses.at(-1)!.toFixed(4)}, ` +
+      `‖δ‖ ${fmt(edit.deltaNorm, 4)} (‖v₀‖ ${fmt(edit.v0Norm, 4)})`,
+  );
+  console.log(`\n${"".padEnd(14)}  P(new): pre → post    P(true): pre → post`);
+  console.log(probabilityLine("rewrite", pre.rewrite, post.rewrite));
+  pre.paraphrases.forEach((p, i) =>
+    console.log(probabilityLine(`paraphrase ${i + 1}`, p, post.paraphrases[i]))
+  );
+  pre.neighbours.forEach((p, i) => console.log(probabilityLine(`neighbour ${i + 1}`, p, post.neighbours[i])));
+  for (const [i, g] of pre.generations.entries()) {
+    console.log(`\n${g.prompt}`);
+    console.log(`  pre:  …${JSON.stringify(g.text)}`);
+    console.log(`  post: …${JSON.stringify(post.generations[i].text)}`);
+  }
+  const s = record.seconds;
+  console.log(
+    `\ntime: C ${fmtSeconds(s.stats)}, k* ${fmtSeconds(s.k)}, v* ${fmtSeconds(s.v)}, update ${
+      fmtSeconds(s.update)
+    }`,
+  );
+  if (patchInfo?.file) console.log(`wrote patch ${patchInfo.id} to ${patchInfo.file}`);
+  if (out !== undefined) console.log(`saved the edited model to ${out} (edits.json lists ${patchInfo!.id})`);
+  if (!wantFiles) console.log("(not saved: --out DIR saves the edited model, --patch FILE the patch)");
+}
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) (out.set(p, at), at += p.byteLength);
+  return out;
+}
+
+async function applyOrRevert(opts: Record<string, unknown>, mode: "apply" | "revert"): Promise<void> {
+  const json = Boolean(opts.json);
+  const file = opts[mode] as string;
+  const dir = editModelDir(opts);
+  const out = editOutputDir(opts, dir, true)!;
+  const bytes = await readBytes(file, "patch");
+  const patch = decodePatch(bytes, file);
+  const m = patch.meta;
+  const log = readEditsLog(dir);
+  const { model } = await loadModel({ ...opts, model: dir }, json);
+  const W = model.weights.get(m.matrix);
+  if (!W) {
+    throw new PatchError(
+      `patch ${m.id} edits ${m.matrix}, which this model (${model.config.nLayer} layers) lacks`,
+    );
+  }
+  if (W.shape[0] !== patch.u.length || W.shape[1] !== patch.lambda.length) {
+    throw new PatchError(
+      `patch ${m.id} is for a [${patch.u.length}, ${patch.lambda.length}] matrix; ${m.matrix} here is [${W.shape}]`,
+    );
+  }
+  const current = matrixHash(m.matrix, W.shape, await readMatrix(model, m.matrix));
+  const hashBefore = model.hash;
+  if (mode === "apply") checkApply(patch, current, log, model.hash);
+  else checkRevert(patch, current, log, model.hash);
+  const res = await xorMatrix(model, m.matrix, patch.xor);
+  const want = mode === "apply" ? m.matrix_hash_after : m.matrix_hash_before;
+  if (res.after !== want) {
+    throw new Error(`${m.matrix} hashes to ${res.after} after the XOR, expected ${want}`);
+  }
+  model.hash = await modelContentHash(model);
+  const newLog = log ?? emptyEditsLog(hashBefore);
+  const files: Record<string, string | Uint8Array> = {};
+  const drop = new Set<string>();
+  if (mode === "apply") {
+    const rel = `edits/${m.id}.safetensors`;
+    newLog.edits.push(logEntry(patch, rel));
+    files[rel] = bytes;
+  } else {
+    const at = newLog.edits.findIndex((e) => e.id === m.id);
+    if (at >= 0) drop.add(newLog.edits.splice(at, 1)[0].file);
+  }
+  files["edits.json"] = JSON.stringify(newLog, null, 1) + "\n";
+  await saveEditedFolder(dir, out, model, files, drop);
+  const record = {
+    mode,
+    patch: m.id,
+    matrix: m.matrix,
+    model: dir,
+    out,
+    model_hash_before: hashBefore,
+    model_hash_after: model.hash,
+    edits: newLog.edits.length,
+    restores_original: mode === "revert" && model.hash === m.model_hash_before,
+  };
+  if (json) return console.log(JSON.stringify(record));
+  console.log(
+    `${mode === "apply" ? "applied" : "reverted"} patch ${m.id} (${m.matrix}, ${
+      JSON.stringify(m.request.prompt.replace("{}", m.request.subject))
+    } →${JSON.stringify(m.request.target_new)}): model ${hashBefore} → ${model.hash}${
+      record.restores_original ? " (the model before the edit, bit for bit)" : ""
+    }`,
+  );
+  console.log(`saved to ${out}; ${newLog.edits.length} edit(s) recorded in edits.json`);
+}
+
 // ------------------------------------------------------------------ info
 
 const INFO_USAGE = `deno task info [--json]
@@ -1099,6 +2173,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   train: cmdTrain,
   "train-demo": cmdTrainDemo,
   facts: cmdFacts,
+  edit: cmdEdit,
+  stats: cmdStats,
 };
 
 const USAGE = `usage: deno task <command> [options]   (or: deno run -A cli.ts <command> ...)
