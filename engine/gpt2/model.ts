@@ -153,23 +153,11 @@ export class Gpt2Model {
         x = reshape(addPositions(reshape(tok, [B, T, c.nEmbd]), this.w("wpe.weight")), [B * T, c.nEmbd]);
       }
       for (let l = first; l < c.nLayer; l++) {
-        const p = `h.${l}.`;
-        const h1 = layerNorm(x, this.w(p + "ln_1.weight"), this.w(p + "ln_1.bias"), c.layerNormEps);
-        const qkv = matmul(h1, this.w(p + "attn.c_attn.weight"), { bias: this.w(p + "attn.c_attn.bias") });
-        const heads = reshape(attention(reshape(qkv, [B, T, 3 * c.nEmbd]), lengthsT, c.nHead), [
-          B * T,
-          c.nEmbd,
-        ]);
-        let a = matmul(heads, this.w(p + "attn.c_proj.weight"), { bias: this.w(p + "attn.c_proj.bias") });
-        a = at("attn", l, a);
-        x = add(x, a);
-        const h2 = layerNorm(x, this.w(p + "ln_2.weight"), this.w(p + "ln_2.bias"), c.layerNormEps);
-        let k = gelu(matmul(h2, this.w(p + "mlp.c_fc.weight"), { bias: this.w(p + "mlp.c_fc.bias") }));
-        k = at("mlpKey", l, k);
-        let m = matmul(k, this.w(p + "mlp.c_proj.weight"), { bias: this.w(p + "mlp.c_proj.bias") });
-        m = at("mlp", l, m);
-        x = add(x, m);
-        x = at("resid", l, x);
+        // One scope per block: its intermediates go back to the pool as soon as the block is done (the
+        // tape keeps its own handles on what a backward needs), so a forward holds ~one block at a time.
+        const prev = x;
+        x = e.scope(() => this.#block(l, prev, B, T, lengthsT, at));
+        if (prev !== opts.start?.resid) prev.dispose();
       }
       if (positions.length === 0) return { logits: undefined };
       const last = selectRows(
@@ -182,6 +170,31 @@ export class Gpt2Model {
     });
     for (const t of captures.values()) e.keep(t);
     return { logits: result.logits, positions, captures, lengths, T };
+  }
+
+  /** Block `l`: x + attn(ln_1(x)), then + mlp(ln_2(·)), with the hook sites applied on the way. */
+  #block(
+    l: number,
+    x: Tensor,
+    B: number,
+    T: number,
+    lengthsT: Tensor,
+    at: (site: Site, layer: number, x: Tensor) => Tensor,
+  ): Tensor {
+    const c = this.config, p = `h.${l}.`;
+    const h1 = layerNorm(x, this.w(p + "ln_1.weight"), this.w(p + "ln_1.bias"), c.layerNormEps);
+    const qkv = matmul(h1, this.w(p + "attn.c_attn.weight"), { bias: this.w(p + "attn.c_attn.bias") });
+    const heads = reshape(attention(reshape(qkv, [B, T, 3 * c.nEmbd]), lengthsT, c.nHead), [B * T, c.nEmbd]);
+    let a = matmul(heads, this.w(p + "attn.c_proj.weight"), { bias: this.w(p + "attn.c_proj.bias") });
+    a = at("attn", l, a);
+    x = add(x, a);
+    const h2 = layerNorm(x, this.w(p + "ln_2.weight"), this.w(p + "ln_2.bias"), c.layerNormEps);
+    let k = gelu(matmul(h2, this.w(p + "mlp.c_fc.weight"), { bias: this.w(p + "mlp.c_fc.bias") }));
+    k = at("mlpKey", l, k);
+    let m = matmul(k, this.w(p + "mlp.c_proj.weight"), { bias: this.w(p + "mlp.c_proj.bias") });
+    m = at("mlp", l, m);
+    x = add(x, m);
+    return at("resid", l, x);
   }
 
   /** Applies the hooks of one site in order; returns the (possibly new) site tensor. */
