@@ -16,9 +16,9 @@ import {
   sumSquaresKernel,
 } from "../kernels/optim.ts";
 import type { Engine } from "./engine.ts";
-import { bindAll, rowChunks } from "./ops/copy.ts";
-import { assertF32 } from "./ops/reduce.ts";
+
 import { shapeStr, type Tensor } from "./tensor.ts";
+import { assertF32, bindAll, rowChunks } from "./chunks.ts";
 
 /** Element chunks [i0, i1) of an n-element f32 tensor that fit one storage binding. */
 function elementChunks(e: Engine, n: number, what: string): [number, number][] {

@@ -8,10 +8,10 @@ import {
   copyRows,
   fill,
   hasShaderF16,
-  rowChunks,
   selectRows,
   sliceCols,
 } from "../engine/ops/copy.ts";
+import { rowChunks } from "../engine/chunks.ts";
 import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./util.ts";
 
 const engine = await testEngine();

@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { rowChunks } from "../engine/ops/copy.ts";
+import { rowChunks } from "../engine/chunks.ts";
 import { addPositions, gatherRows, scatterAddRows } from "../engine/ops/gather.ts";
 import { assertClose, AWKWARD, randInt, randn, testEngine } from "./util.ts";
 

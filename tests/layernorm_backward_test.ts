@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
 import { layerNorm, layerNormBackward } from "../engine/ops/nn.ts";
-import { rowChunks } from "../engine/ops/copy.ts";
+import { rowChunks } from "../engine/chunks.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
 
 const engine = await testEngine();

@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { rowChunks } from "../engine/ops/copy.ts";
+import { rowChunks } from "../engine/chunks.ts";
 import { crossEntropy, klDivergence } from "../engine/ops/loss.ts";
 import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./util.ts";
 

@@ -267,7 +267,7 @@ Deno.test("row ops on an engine with a 64 KiB binding limit: chunked results equ
     // a single row larger than one binding cannot be chunked by rows
     small.scope(() => {
       const wide = small.upload(new Float32Array(20000), [1, 20000]);
-      assertThrows(() => softmax(wide), /exceeds the device's 65536-byte storage binding/);
+      assertThrows(() => softmax(wide), /does not fit the device's 65536-byte storage binding/);
     });
   } finally {
     small.destroy();

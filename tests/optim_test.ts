@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { rowChunks } from "../engine/ops/copy.ts";
+import { rowChunks } from "../engine/chunks.ts";
 import { Adam, type AdamOptions, clipGradNorm, Sgd, type SgdOptions } from "../engine/optim.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";

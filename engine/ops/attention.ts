@@ -16,7 +16,7 @@ import {
 } from "../../kernels/attention.ts";
 import type { Engine } from "../engine.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
-import { bindAll, bindRows } from "./copy.ts";
+import { bindAll, bindRows } from "../chunks.ts";
 
 /** Scratch score chunks (probs not kept, dS of the backward) are capped here to bound peak memory. */
 const SCRATCH_BYTES = 256 * 1024 * 1024;

@@ -6,10 +6,7 @@ import {
   elementwiseWorkgroups,
 } from "../../kernels/elementwise.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
-
-function assertF32(op: string, ...ts: Tensor[]): void {
-  for (const t of ts) if (t.dtype !== "f32") throw new TypeError(`${op}: expected f32, got ${t.dtype} ${t}`);
-}
+import { assertF32 } from "../chunks.ts";
 
 function binary(op: BinaryOp, a: Tensor, b: Tensor, alpha: number, beta: number): Tensor {
   assertF32(op, a, b);

@@ -3,7 +3,8 @@
 import { copyWorkgroups } from "../../kernels/copy.ts";
 import { addPositionsKernel, scatterAddKernel, scatterLinksKernel } from "../../kernels/gather.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
-import { bindAll, bindRows, rowChunks, selectRows } from "./copy.ts";
+import { selectRows } from "./copy.ts";
+import { bindAll, bindRows, rowChunks } from "../chunks.ts";
 
 /**
  * out[k, :] = table[ids[k], :] for a table [V, C] and u32 ids [N]; out is [N, C]. One dispatch per row

@@ -20,8 +20,7 @@ import {
 } from "../../kernels/loss.ts";
 import { rowWorkgroupSize } from "../../kernels/reduce.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
-import { bindRows, rowChunks } from "./copy.ts";
-import { assertF32, rowsCols } from "./reduce.ts";
+import { assertF32, bindRows, rowChunks, rowsCols } from "../chunks.ts";
 
 export interface CrossEntropyResult {
   /** Per-row weighted negative log-likelihood w · (logsumexp(l) − l[target]), [n]. */

@@ -12,8 +12,8 @@ import {
 import { rowWorkgroupSize } from "../../kernels/reduce.ts";
 import { softmaxKernel, type SoftmaxKind } from "../../kernels/softmax.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
-import { bindAll, bindRows, rowChunks } from "./copy.ts";
-import { assertF32, rowsCols, unitChunks } from "./reduce.ts";
+
+import { assertF32, bindAll, bindRows, rowChunks, rowsCols } from "../chunks.ts";
 
 function rowGroups(x: Tensor, rows: number): Workgroups {
   return flatWorkgroups(rows, x.engine.limits.maxWorkgroupsPerDim);
@@ -43,7 +43,7 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): L
   const mean = engine.empty([rows]);
   const rstd = engine.empty([rows]);
   const kernel = layerNormKernel(rowWorkgroupSize(cols));
-  for (const [r0, r1] of unitChunks(engine, rows, cols, "layerNorm")) {
+  for (const [r0, r1] of rowChunks(engine, rows, [cols * 4], "layerNorm")) {
     const xr = x.range(r0 * cols, r1 * cols);
     const mr = mean.range(r0, r1);
     engine.dispatch(
@@ -64,7 +64,7 @@ export function gelu(x: Tensor): Tensor {
   assertF32("gelu", x);
   const engine = x.engine;
   const y = engine.empty(x.shape);
-  for (const [i0, i1] of unitChunks(engine, x.size, 1, "gelu")) {
+  for (const [i0, i1] of rowChunks(engine, x.size, [1 * 4], "gelu")) {
     const xr = x.range(i0, i1);
     engine.dispatch(
       geluKernel,
@@ -84,7 +84,7 @@ export function geluBackward(x: Tensor, dy: Tensor): Tensor {
   }
   const engine = x.engine;
   const dx = engine.empty(x.shape);
-  for (const [i0, i1] of unitChunks(engine, x.size, 1, "geluBackward")) {
+  for (const [i0, i1] of rowChunks(engine, x.size, [1 * 4], "geluBackward")) {
     const xr = x.range(i0, i1);
     engine.dispatch(
       geluBackwardKernel,
@@ -102,7 +102,7 @@ function rowSoftmax(kind: SoftmaxKind, op: string, x: Tensor): Tensor {
   const engine = x.engine;
   const y = engine.empty(x.shape);
   const kernel = softmaxKernel(kind, rowWorkgroupSize(cols));
-  for (const [r0, r1] of unitChunks(engine, rows, cols, op)) {
+  for (const [r0, r1] of rowChunks(engine, rows, [cols * 4], op)) {
     const xr = x.range(r0 * cols, r1 * cols);
     engine.dispatch(
       kernel,

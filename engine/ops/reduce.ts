@@ -9,7 +9,7 @@
 // (the first NaN's index, as NumPy and PyTorch do). argmax ties go to the lowest index.
 //
 // Tensors larger than one storage binding are processed in chunks of whole rows (or segments) bound
-// with `Tensor.range`; `unitChunks` is shared with the row-wise ops in ./nn.ts.
+// with `Tensor.range` (engine/chunks.ts).
 import { flatWorkgroups } from "../../kernels/descriptor.ts";
 import {
   argmaxKernel,
@@ -18,41 +18,10 @@ import {
   SEGMENT,
   segmentReduceKernel,
 } from "../../kernels/reduce.ts";
-import type { Engine } from "../engine.ts";
-import { shapeStr, type Tensor } from "../tensor.ts";
+import type { Tensor } from "../tensor.ts";
+import { assertF32, rowChunks, rowsCols } from "../chunks.ts";
 
 export type ReduceAxis = -1 | "all";
-
-export function assertF32(op: string, ...ts: Tensor[]): void {
-  for (const t of ts) if (t.dtype !== "f32") throw new TypeError(`${op}: expected f32, got ${t.dtype} ${t}`);
-}
-
-/**
- * Splits `units` consecutive units of `unitElems` 4-byte elements each into runs [u0, u1) whose
- * elements fit one storage binding, allowing for the up-to-one-alignment slack `Tensor.range` adds in
- * front. Throws when a single unit (a row) is already too large.
- */
-export function unitChunks(engine: Engine, units: number, unitElems: number, op: string): [number, number][] {
-  const { maxBindingBytes, storageOffsetAlignment } = engine.limits;
-  const maxElems = Math.floor((maxBindingBytes - storageOffsetAlignment) / 4);
-  const per = Math.floor(maxElems / unitElems);
-  if (per < 1) {
-    throw new RangeError(
-      `${op}: a row of ${unitElems} elements exceeds the device's ${maxBindingBytes}-byte storage binding`,
-    );
-  }
-  const out: [number, number][] = [];
-  for (let u = 0; u < units; u += per) out.push([u, Math.min(units, u + per)]);
-  return out;
-}
-
-/** rows and cols of `x` seen as [rows, C] over its last dimension; rejects rank 0 and C = 0. */
-export function rowsCols(op: string, x: Tensor): { rows: number; cols: number } {
-  if (x.rank === 0) throw new RangeError(`${op}: needs at least one dimension, got a scalar ${x}`);
-  const cols = x.shape[x.rank - 1];
-  if (cols === 0) throw new RangeError(`${op}: last dimension is empty in ${shapeStr(x.shape)}`);
-  return { rows: x.size / cols, cols };
-}
 
 /** op over each row of x seen as [rows, cols], times `scale`, as a new [rows] tensor. */
 function reduceRows(op: ReduceOp, x: Tensor, rows: number, cols: number, scale: number): Tensor {
@@ -66,7 +35,7 @@ function reduceRows(op: ReduceOp, x: Tensor, rows: number, cols: number, scale: 
     const out = engine.empty([rows * segs]);
     const segStart = (g: number) => Math.floor(g / segs) * curCols + (g % segs) * segLen;
     const segEnd = (g: number) => Math.min(segStart(g) + segLen, (Math.floor(g / segs) + 1) * curCols);
-    for (const [g0, g1] of unitChunks(engine, rows * segs, segLen, op)) {
+    for (const [g0, g1] of rowChunks(engine, rows * segs, [segLen * 4], op)) {
       const base = segStart(g0);
       const xr = cur.range(base, segEnd(g1 - 1));
       const yr = out.range(g0, g1);
@@ -131,7 +100,7 @@ export function argmax(x: Tensor): Tensor {
   const engine = x.engine;
   const out = engine.empty([rows], "u32");
   const kernel = argmaxKernel(rowWorkgroupSize(cols));
-  for (const [r0, r1] of unitChunks(engine, rows, cols, "argmax")) {
+  for (const [r0, r1] of rowChunks(engine, rows, [cols * 4], "argmax")) {
     const xr = x.range(r0 * cols, r1 * cols);
     const yr = out.range(r0, r1);
     engine.dispatch(
