@@ -16,6 +16,7 @@ const FAMILIES: Record<string, () => Promise<{ run: Bench }>> = {
   attention: () => import("./attention.ts"),
   gpt2: () => import("./gpt2.ts"),
   trace: () => import("./trace.ts"),
+  edit: () => import("./edit.ts"),
 };
 
 const { values } = parseArgs({
