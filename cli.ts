@@ -987,7 +987,8 @@ const STATS_USAGE =
 deno task stats --npz FILE [--model DIR] [--out FILE] [--json]
   Second-moment statistics C = E[k kᵀ] of the MLP keys (the input of mlp.c_proj) at layer L, which ROME's
   update solves against (u = C⁻¹ k̄). Summed on the GPU over the first N documents of the corpus (default:
-  all of ${DEFAULT_STATS_CORPUS}, documents separated by lines holding only <|endoftext|>;
+  the hparams' mom2_n_samples, 100000, or all there are) of --corpus (default
+  ${DEFAULT_STATS_CORPUS}; documents are separated by lines holding only <|endoftext|>;
   a folder means every .txt in it), each cut at the model's context length. Cached under
   ${romeCacheDir("<model hash>")}/stats/layer<L>_<corpus hash>_<N>.safetensors ('mom2' = Σ k kᵀ,
   'count' = tokens); an interrupted run (Ctrl-C, or killed) resumes from its last checkpoint. A model folder
@@ -1010,11 +1011,11 @@ async function cmdStats(args: string[]): Promise<void> {
   if (opts.npz !== undefined) return await statsFromNpz(opts);
   const dir = editModelDir(opts);
   const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
-  const layer = opts.layer === undefined
-    ? defaultHparams(model.config).hparams.layers[0]
-    : intOption(opts, "layer", 0);
+  const hp = defaultHparams(model.config).hparams;
+  const layer = opts.layer === undefined ? hp.layers[0] : intOption(opts, "layer", 0);
   layerInRange(model, layer);
-  const samples = opts.samples === undefined ? undefined : intOption(opts, "samples", 0, 1);
+  // the same default as edit's (the hparams' mom2_n_samples), so both find the same cache entry
+  const samples = opts.samples === undefined ? hp.mom2_n_samples : intOption(opts, "samples", 0, 1);
   const s = await layerStatsInterruptible(model, tokenizer, {
     layer,
     dir,
