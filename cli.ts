@@ -84,6 +84,7 @@ import {
   secondMomentStats,
   splitCorpus,
   statsCacheName,
+  StatsError,
   StatsInterrupted,
 } from "./rome/stats.ts";
 import { generateContextTemplates, parseContextTemplates } from "./rome/templates.ts";
@@ -664,7 +665,7 @@ async function romeUsage<T>(fn: () => Promise<T>): Promise<T> {
   } catch (e) {
     if (
       e instanceof RomeInputError || e instanceof HparamsError || e instanceof PatchError ||
-      e instanceof NpzError
+      e instanceof NpzError || e instanceof StatsError
     ) throw new UsageError(e.message);
     throw e;
   }
@@ -1148,9 +1149,12 @@ async function contextTemplatesCached(
 
 // ---- saving edited folders
 
-/** Model weights and files rewritten on save; never copied from the source folder. */
+/**
+ * Files never copied from the source folder on save: weights (rewritten; stale copies in other formats would
+ * contradict the edit) and training state (an edited model is not a checkpoint to resume training from).
+ */
 const WEIGHT_FILE =
-  /^(model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin|pytorch_model\.bin\.index\.json|tf_model\.h5|flax_model\.msgpack|.*\.(pt|pth|ckpt|bin))$/;
+  /^(optimizer\.safetensors|trainer_state\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin|pytorch_model\.bin\.index\.json|tf_model\.h5|flax_model\.msgpack|.*\.(pt|pth|ckpt|bin))$/;
 
 function folderFiles(dir: string, rel = ""): string[] {
   const out: string[] = [];

@@ -227,6 +227,10 @@ Deno.test("CLI: bad input is one line naming the problem, exit code 2", async ()
       [[...edit(["--model", model]), "--layer", "auto"], /no causal-tracing result.*deno task trace/],
       [[...edit(["--model", model]), "--variant", "memit"], /--variant must be rome or r-rome/],
       [
+        [...edit(["--model", model]), "--samples", "1"],
+        /singular: it sums \d+ token keys, fewer than d_ff = 128.*at least \d+ more tokens/,
+      ],
+      [
         ["edit", "--apply", bad, "--model", model, "--out", join(dir, "o")],
         /malformed patch .*bad\.safetensors/,
       ],
