@@ -455,7 +455,7 @@ export async function train(opts: {
     const init = initGpt2Weights(config, hyper.seed);
     model = buildGpt2(engine, config, {
       tensors: new Map(
-        [...init].map(([n, d]) => [n, { shape: [...expectedWeightShapes(config).get(n)!], dtype: "F32" }]),
+        [...init.keys()].map((n) => [n, { shape: [...expectedWeightShapes(config).get(n)!], dtype: "F32" }]),
       ),
       read: (n) => init.get(n)!,
       describe: () => "initialisation",
