@@ -250,3 +250,19 @@ Deno.test("forward can start at a layer from a given residual stream and matches
   throws(() => model.forward(ids, { start: { layer: 1, resid: engine.zeros([3, c.nEmbd]) } }), /start state/);
   for (const t of model.weights.values()) t.dispose();
 });
+
+Deno.test("steady state: repeating a forward creates no GPU buffer (all pool hits)", async () => {
+  const { model } = tinyModel(TINY_CONFIG, 9);
+  const run = async () => {
+    const { logits } = model.forward(PROMPTS, { logits: "all" });
+    await logits!.read();
+    logits!.dispose();
+  };
+  await run();
+  const before = engine.stats;
+  await run();
+  const after = engine.stats;
+  equal(after.buffersCreated, before.buffersCreated, "buffers created by the second forward");
+  ok(after.poolHits > before.poolHits);
+  for (const t of model.weights.values()) t.dispose();
+});
