@@ -52,6 +52,77 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
+/** Rows per workgroup of the thread-per-row kernels (forward and backward dx). */
+export const LAYERNORM_ROWTHREAD_WG = 64;
+
+/**
+ * WGSL that sums expressions of the column `c` over c in [0, P.C) in one thread, blocked so the rounding
+ * stays close to the workgroup kernels' (64 strided partials and a tree) rather than growing with C as a
+ * plain running sum's does (|mean| = 300 std at C = 257 lost 3e-4 in y that way): runs of 16 columns,
+ * 16 runs to a block of 256, blocks summed in order; about 16 + 16 + C / 256 roundings deep. `sums` are
+ * [variable, expression] pairs; the variables are declared (`var`) by the snippet. `pre` is WGSL run
+ * once per column before the expressions (lets of shared subexpressions).
+ */
+function blockedRowSums(sums: readonly (readonly [string, string])[], pre = ""): string {
+  const each = (f: (v: string, e: string) => string) => sums.map(([v, e]) => f(v, e)).join(" ");
+  return /* wgsl */ `
+  ${each((v) => `var ${v} = 0.0;`)}
+  for (var c2 = 0u; c2 < P.C; c2 = c2 + 256u) {
+    let e2 = min(c2 + 256u, P.C);
+    ${each((v) => `var ${v}_2 = 0.0;`)}
+    for (var c1 = c2; c1 < e2; c1 = c1 + 16u) {
+      let e1 = min(c1 + 16u, e2);
+      ${each((v) => `var ${v}_1 = 0.0;`)}
+      for (var c = c1; c < e1; c = c + 1u) {
+        ${pre}
+        ${each((v, e) => `${v}_1 = ${v}_1 + ${e};`)}
+      }
+      ${each((v) => `${v}_2 = ${v}_2 + ${v}_1;`)}
+    }
+    ${each((v) => `${v} = ${v} + ${v}_2;`)}
+  }`;
+}
+
+/**
+ * The same layerNorm with one thread per row and no workgroup barriers, for narrow rows (engine/ops/nn.ts
+ * LAYERNORM_ROWTHREAD_MAX_C): each thread sums its row minus its first element (`blockedRowSums`), then
+ * the centred squares, then writes y. Same bindings and uniforms as `layerNormKernel`; dispatch ceil(rows / LAYERNORM_ROWTHREAD_WG)
+ * workgroups (flat over x and y).
+ */
+export const layerNormRowThreadKernel: KernelSpec = {
+  key: "layernorm_f32_rowthread",
+  uniforms: [["rows", "u32"], ["C", "u32"], ["off", "u32"], ["statOff", "u32"], ["eps", "f32"]],
+  bindings: [
+    { name: "x", access: "read", type: "f32" },
+    { name: "gamma", access: "read", type: "f32" },
+    { name: "beta", access: "read", type: "f32" },
+    { name: "y", access: "read_write", type: "f32" },
+    { name: "mean", access: "read_write", type: "f32" },
+    { name: "rstd", access: "read_write", type: "f32" },
+  ],
+  workgroupSize: [LAYERNORM_ROWTHREAD_WG, 1, 1],
+  body: /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = (wid.x + wid.y * nwg.x) * WG_X + lid;
+  if (row >= P.rows) { return; }
+  let base = P.off + row * P.C;
+  let n = f32(P.C);
+  // the sum is taken about the row's first element: its rounding then scales with the spread, not |mean|
+  let x0 = x[base];
+${blockedRowSums([["s", "x[base + c] - x0"]])}
+  let mu = x0 + s / n;
+${blockedRowSums([["q", "d * d"]], "let d = x[base + c] - mu;")}
+  let r = 1.0 / sqrt(q / n + P.eps);
+  for (var c = 0u; c < P.C; c = c + 1u) {
+    y[base + c] = (x[base + c] - mu) * r * gamma[c] + beta[c];
+  }
+  mean[P.statOff + row] = mu;
+  rstd[P.statOff + row] = r;
+}`,
+};
+
 // ---------------------------------------------------------------- backward
 //
 // With xhat = (x - mean) * rstd and dxhat = dy * gamma, the gradient of y = xhat * gamma + beta is
@@ -134,6 +205,101 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`,
   };
 }
+
+/**
+ * dx alone, one thread per row and no workgroup barriers (narrow rows): each thread accumulates
+ * sum(dy * gamma) and sum(dy * gamma * xhat) over its row (`blockedRowSums`), then writes the row of dx.
+ * x, dy and dx are chunk ranges of [rows, C] starting at the same element (`off`); mean and rstd share
+ * `statOff`. Dispatch ceil(rows / LAYERNORM_ROWTHREAD_WG) workgroups (flat over x and y).
+ */
+export const layerNormBackwardRowThreadKernel: KernelSpec = {
+  key: "layernorm_backward_f32_rowthread",
+  uniforms: [["rows", "u32"], ["C", "u32"], ["off", "u32"], ["statOff", "u32"]],
+  bindings: [
+    { name: "x", access: "read", type: "f32" },
+    { name: "dy", access: "read", type: "f32" },
+    { name: "mean", access: "read", type: "f32" },
+    { name: "rstd", access: "read", type: "f32" },
+    { name: "gamma", access: "read", type: "f32" },
+    { name: "dx", access: "read_write", type: "f32" },
+  ],
+  workgroupSize: [LAYERNORM_ROWTHREAD_WG, 1, 1],
+  body: /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let r = (wid.x + wid.y * nwg.x) * WG_X + lid;
+  if (r >= P.rows) { return; }
+  let base = P.off + r * P.C;
+  let mu = mean[P.statOff + r];
+  let rs = rstd[P.statOff + r];
+  let n = f32(P.C);
+${
+    blockedRowSums(
+      [["s1", "dxh"], ["s2", "dxh * (x[base + c] - mu) * rs"]],
+      "let dxh = dy[base + c] * gamma[c];",
+    )
+  }
+  let a = s1 / n;
+  let b = s2 / n;
+  for (var c = 0u; c < P.C; c = c + 1u) {
+    let xh = (x[base + c] - mu) * rs;
+    dx[base + c] = rs * (dy[base + c] * gamma[c] - a - xh * b);
+  }
+}`,
+};
+
+/** Threads per workgroup of `layerNormBlockPartialKernel`. */
+export const LAYERNORM_PARTIAL_WG = 64;
+
+/**
+ * The partial [dgamma | dbeta] rows of `layerNormBackwardKernel` without its dx part, and without
+ * barriers: thread (block, c) sums dy * xhat and dy over the block's rows in row order, exactly as that
+ * kernel's column loop does. Ranges as in `layerNormBackwardKernel`; dispatch
+ * ceil(blocks * C / LAYERNORM_PARTIAL_WG) workgroups (flat over x and y). Neighbouring threads read
+ * neighbouring columns.
+ */
+export const layerNormBlockPartialKernel: KernelSpec = {
+  key: "layernorm_backward_f32_colpartial",
+  uniforms: [
+    ["rows", "u32"], // rows in this chunk
+    ["C", "u32"],
+    ["rowsPerBlock", "u32"],
+    ["blocks", "u32"], // blocks in this chunk
+    ["off", "u32"],
+    ["statOff", "u32"],
+    ["pOff", "u32"],
+  ],
+  bindings: [
+    { name: "x", access: "read", type: "f32" },
+    { name: "dy", access: "read", type: "f32" },
+    { name: "mean", access: "read", type: "f32" },
+    { name: "rstd", access: "read", type: "f32" },
+    { name: "partial", access: "read_write", type: "f32" },
+  ],
+  workgroupSize: [LAYERNORM_PARTIAL_WG, 1, 1],
+  body: /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let t = (wid.x + wid.y * nwg.x) * WG_X + lid;
+  let block = t / P.C;
+  let c = t - block * P.C;
+  if (block >= P.blocks) { return; }
+  let r0 = block * P.rowsPerBlock;
+  let r1 = min(r0 + P.rowsPerBlock, P.rows);
+  var g = 0.0;
+  var s = 0.0;
+  for (var r = r0; r < r1; r = r + 1u) {
+    let d = dy[P.off + r * P.C + c];
+    g = g + d * (x[P.off + r * P.C + c] - mean[P.statOff + r]) * rstd[P.statOff + r];
+    s = s + d;
+  }
+  let prow = P.pOff + block * 2u * P.C;
+  partial[prow + c] = g;
+  partial[prow + P.C + c] = s;
+}`,
+};
 
 export const LAYERNORM_COLSUM_WG = 64;
 

@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { layerNorm, layerNormBackward } from "../engine/ops/nn.ts";
+import { layerNorm, LAYERNORM_ROWTHREAD_MAX_C, layerNormBackward } from "../engine/ops/nn.ts";
 import { rowChunks } from "../engine/chunks.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
 
@@ -164,6 +164,34 @@ Deno.test("layerNormBackward vs float64 analytic gradient on AWKWARD rows x cols
       worst.db.toExponential(2)
     }`,
   );
+});
+
+Deno.test("layerNormBackward thread-per-row path (C <= 1024) vs float64, and the workgroup path past it", async () => {
+  assertEquals(LAYERNORM_ROWTHREAD_MAX_C, 1024);
+  // rows not multiples of 64 (rows per dx workgroup) nor of the 256 blocks of the column sums
+  const shapes = [[1, 1], [70, 1], [65, 3], [300, 17], [4097, 128], [3, 128], [129, 768], [5, 1024], [
+    66,
+    1025,
+  ]];
+  for (const [rows, C] of shapes) {
+    const X = offsetRows(rows, C, rows * 37 + C), G = randn(C, C + 5), B = randn(C, C + 6);
+    const DY = randn(rows * C, rows + 7 * C);
+    const got = await gpuGrads(engine, X, G, B, DY, rows, C);
+    const ref = refBackward(X, G, DY, rows, C);
+    const at = `[${rows}, ${C}]`;
+    const sumTol = 2e-6 * Math.sqrt(rows);
+    assertDx(got.dx, ref, C, `dx ${at}`);
+    assertClose(got.dg, ref.dg, { atol: sumTol, rtol: 1e-5 }, `dgamma ${at}`);
+    assertClose(got.db, ref.db, { atol: sumTol, rtol: 1e-5 }, `dbeta ${at}`);
+  }
+});
+
+Deno.test("layerNormBackward thread-per-row path is bitwise reproducible at [4096, 128]", async () => {
+  const rows = 4096, C = 128;
+  const X = offsetRows(rows, C, 21), G = randn(C, 22), B = randn(C, 23), DY = randn(rows * C, 24);
+  const a = await gpuGrads(engine, X, G, B, DY, rows, C);
+  const b = await gpuGrads(engine, X, G, B, DY, rows, C);
+  for (const k of ["dx", "dg", "db"] as const) assertEquals(Array.from(a[k]), Array.from(b[k]), k);
 });
 
 Deno.test("layerNormBackward is bitwise reproducible and handles zero rows", async () => {

@@ -1,6 +1,13 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { gelu, geluBackward, layerNorm, logSoftmax, softmax } from "../engine/ops/nn.ts";
+import {
+  gelu,
+  geluBackward,
+  layerNorm,
+  LAYERNORM_ROWTHREAD_MAX_C,
+  logSoftmax,
+  softmax,
+} from "../engine/ops/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
 
@@ -89,6 +96,32 @@ Deno.test("layerNorm vs float64 on AWKWARD rows x cols, C = 768 and 4099 (256 th
     `layerNorm max errors: y ${worst.y.toExponential(2)} abs, mean ${worst.mean.toExponential(2)} abs, ` +
       `rstd ${worst.rstd.toExponential(2)} rel`,
   );
+});
+
+Deno.test("layerNorm thread-per-row path (C <= 1024) vs float64, and the workgroup path just past it", async () => {
+  assertEquals(LAYERNORM_ROWTHREAD_MAX_C, 1024);
+  // rows not multiples of the 64 rows per workgroup; 4097 rows x 128 is the small model's shape plus one
+  const shapes = [[1, 1], [70, 1], [65, 3], [130, 17], [4097, 128], [3, 128], [129, 768], [5, 1024], [
+    66,
+    1025,
+  ]];
+  for (const [rows, C] of shapes) {
+    const X = offsetRows(rows, C, rows * 31 + C, [0, 3, -10, 0.5], 2);
+    const G = randn(C, C + 3), B = randn(C, C + 4);
+    await engine.scopeAsync(async () => {
+      const { y, mean, rstd } = layerNorm(
+        engine.upload(X, [rows, C]),
+        engine.upload(G, [C]),
+        engine.upload(B, [C]),
+      );
+      const [gy, gm, gr] = await engine.readMany([y, mean, rstd]);
+      const ref = refLayerNorm(X, G, B, rows, C);
+      const at = `[${rows}, ${C}]`;
+      assertClose(gy, ref.y, { atol: 1e-5, rtol: 1e-5 }, `y ${at}`);
+      assertClose(gm, ref.mean, { atol: 1e-5 }, `mean ${at}`);
+      assertClose(gr, ref.rstd, { atol: 0, rtol: 1e-5 }, `rstd ${at}`);
+    });
+  }
 });
 
 Deno.test("layerNorm with |mean| = 300 std stays accurate (two-pass; E[x^2]-E[x]^2 would lose ~1e-2)", async () => {

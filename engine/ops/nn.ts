@@ -5,9 +5,14 @@ import { flatWorkgroups, type Workgroups } from "../../kernels/descriptor.ts";
 import { geluBackwardKernel, geluKernel, geluWorkgroups } from "../../kernels/gelu.ts";
 import {
   LAYERNORM_COLSUM_WG,
+  LAYERNORM_PARTIAL_WG,
+  LAYERNORM_ROWTHREAD_WG,
   layerNormBackwardKernel,
+  layerNormBackwardRowThreadKernel,
+  layerNormBlockPartialKernel,
   layerNormColSumKernel,
   layerNormKernel,
+  layerNormRowThreadKernel,
 } from "../../kernels/layernorm.ts";
 import { rowWorkgroupSize } from "../../kernels/reduce.ts";
 import { softmaxKernel, type SoftmaxKind } from "../../kernels/softmax.ts";
@@ -28,6 +33,16 @@ export interface LayerNormResult {
   rstd: Tensor;
 }
 
+/**
+ * Widest row that layerNorm and its backward hand to the thread-per-row kernels (no workgroup barriers)
+ * rather than the workgroup-per-row ones (a shared-memory tree sum per row). On lavapipe a barrier is
+ * costly: [4096, 128] forward 40-49 -> 7.5 ms, backward 49-54 -> 14 ms; [1024, 768] forward 17-21 ->
+ * 11 ms, backward 44+ -> 26 ms (2 shared CPU cores). At C = 1024 the thread per row still won ([2048,
+ * 1024]: 107 -> 50 ms forward, 135 -> 95 backward); at 2048, with few rows, the workgroups do (backward
+ * [256, 2048]: 28 ms against 50).
+ */
+export const LAYERNORM_ROWTHREAD_MAX_C = 1024;
+
 /** LayerNorm over the last dimension of x [..., C] with gamma, beta [C] (GPT-2: eps = 1e-5). */
 export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): LayerNormResult {
   assertF32("layerNorm", x, gamma, beta);
@@ -42,7 +57,8 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): L
   const y = engine.empty(x.shape);
   const mean = engine.empty([rows]);
   const rstd = engine.empty([rows]);
-  const kernel = layerNormKernel(rowWorkgroupSize(cols));
+  const rowThread = cols <= LAYERNORM_ROWTHREAD_MAX_C;
+  const kernel = rowThread ? layerNormRowThreadKernel : layerNormKernel(rowWorkgroupSize(cols));
   for (const [r0, r1] of rowChunks(engine, rows, [cols * 4], "layerNorm")) {
     const xr = x.range(r0 * cols, r1 * cols);
     const mr = mean.range(r0, r1);
@@ -50,7 +66,7 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): L
       kernel,
       { rows: r1 - r0, C: cols, off: xr.elemOffset, statOff: mr.elemOffset, eps },
       [xr, gamma.range(0, cols), beta.range(0, cols), y.range(r0 * cols, r1 * cols), mr, rstd.range(r0, r1)],
-      rowGroups(x, r1 - r0),
+      rowGroups(x, rowThread ? Math.ceil((r1 - r0) / LAYERNORM_ROWTHREAD_WG) : r1 - r0),
     );
   }
   return { y, mean, rstd };
@@ -184,15 +200,40 @@ export function layerNormBackward(
   const blocks = Math.ceil(rows / perBlock);
   e.scope(() => {
     const partial = e.empty([blocks, 2 * C]);
-    const kernel = layerNormBackwardKernel(rowWorkgroupSize(C));
+    const rowThread = C <= LAYERNORM_ROWTHREAD_MAX_C;
     const wb = [perBlock * C * 4, perBlock * 4, 2 * C * 4];
     for (const [b0, b1] of rowChunks(e, blocks, wb, what)) {
       const r0 = b0 * perBlock, r1 = Math.min(rows, b1 * perBlock);
       const xr = bindRows(x, r0, r1, C),
         sr = bindRows(mean, r0, r1, 1),
         pr = bindRows(partial, b0, b1, 2 * C);
+      if (rowThread) {
+        // dx by one thread per row, the partial column sums by one thread per (block, column): no barriers
+        const dyr = bindRows(dy, r0, r1, C), rr = bindRows(rstd, r0, r1, 1);
+        e.dispatch(
+          layerNormBackwardRowThreadKernel,
+          { rows: r1 - r0, C, off: xr.elemOffset, statOff: sr.elemOffset },
+          [xr, dyr, sr, rr, bindAll(gamma, what), bindRows(dx, r0, r1, C)],
+          rowGroups(x, Math.ceil((r1 - r0) / LAYERNORM_ROWTHREAD_WG)),
+        );
+        e.dispatch(
+          layerNormBlockPartialKernel,
+          {
+            rows: r1 - r0,
+            C,
+            rowsPerBlock: perBlock,
+            blocks: b1 - b0,
+            off: xr.elemOffset,
+            statOff: sr.elemOffset,
+            pOff: pr.elemOffset,
+          },
+          [xr, dyr, sr, rr, pr],
+          rowGroups(x, Math.ceil(((b1 - b0) * C) / LAYERNORM_PARTIAL_WG)),
+        );
+        continue;
+      }
       e.dispatch(
-        kernel,
+        layerNormBackwardKernel(rowWorkgroupSize(C)),
         {
           rows: r1 - r0,
           C,
