@@ -119,7 +119,57 @@ export async function run(
   return rows;
 }
 
-if (import.meta.main) {
+/**
+ * The default path against the tiled kernels (`tile`: the path before the matmul one) on given shapes,
+ * forward with probs and backward, in ms: `--compare B,T,C,H ...` (default: the training and GPT-2 small
+ * shapes).
+ */
+export async function compare(engine: Engine, shapes: number[][]): Promise<Record<string, unknown>[]> {
+  const rows: Record<string, unknown>[] = [];
+  console.log("    B      T     C   H   tiled fwd+probs   matmul fwd+probs   tiled bwd   matmul bwd  (ms)");
+  for (const [B, T, C, H] of shapes) {
+    const iters = B * T >= 1024 ? 2 : 4;
+    const tensors = engine.scope(() => {
+      const qkv = engine.upload(randn(B * T * 3 * C, T), [B, T, 3 * C]);
+      const lengths = engine.upload(Uint32Array.from({ length: B }, (_, b) => T - (b * 13) % T), [B], "u32");
+      const dOut = engine.upload(randn(B * T * C, T + 1), [B, T, C]);
+      const probs = attention(qkv, lengths, H, { saveProbs: true }).probs!;
+      return { qkv, lengths, dOut, probs };
+    });
+    const { qkv, lengths, dOut, probs } = tensors;
+    const tile = T <= 16 ? 16 : T <= 32 ? 32 : 64;
+    const r = {
+      B,
+      T,
+      C,
+      H,
+      tiledFwdMs: await time(engine, iters, () => attention(qkv, lengths, H, { saveProbs: true, tile }), 2),
+      fwdMs: await time(engine, iters, () => attention(qkv, lengths, H, { saveProbs: true }), 2),
+      tiledBwdMs: await time(
+        engine,
+        iters,
+        () => attentionBackward(qkv, probs, dOut, lengths, H, { tile }),
+        2,
+      ),
+      bwdMs: await time(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H), 2),
+    };
+    rows.push(r);
+    console.log(
+      [B, T, C, H].map((v, i) => String(v).padStart(i ? 6 - 2 * Number(i > 1) : 5)).join(" ") +
+        [r.tiledFwdMs, r.fwdMs, r.tiledBwdMs, r.bwdMs].map((v, i) =>
+          v.toFixed(1).padStart([17, 19, 12, 13][i])
+        )
+          .join(""),
+    );
+    for (const t of Object.values(tensors)) t.dispose();
+  }
+  return rows;
+}
+
+if (import.meta.main && Deno.args.includes("--compare")) {
+  const given = Deno.args.filter((a) => /^\d+(,\d+){3}$/.test(a)).map((a) => a.split(",").map(Number));
+  await compare(await getEngine(), given.length ? given : [[32, 128, 128, 4], [1, 128, 768, 12]]);
+} else if (import.meta.main) {
   const json = Deno.args.includes("--json");
   const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
   if (json) console.log(JSON.stringify(rows, null, 2));

@@ -138,7 +138,8 @@ Deno.test("attention forward and probs vs float64, lengths 0/1/T in one batch, a
 
 Deno.test("attention: padded tokens (NaN, huge) change nothing in valid outputs or gradients", async () => {
   const cases: Case[] = [
-    { B: 3, T: 70, C: 16, H: 4, lengths: [70, 1, 33] }, // tiled path
+    { B: 3, T: 70, C: 16, H: 4, lengths: [70, 1, 33] }, // matmul path
+    { B: 2, T: 37, C: 15, H: 3, lengths: [37, 20] }, // matmul path, hd 5 and odd T: scalar matmul kernels
     { B: 3, T: 29, C: 16, H: 2, lengths: [29, 1, 12] }, // fused short-sequence path
   ];
   for (const c of cases) {
@@ -247,6 +248,39 @@ Deno.test("attention: the fused path and every tile size (16, 32, 64) agree with
       assertClose(out, ref.out, { atol: 2e-6, rtol: 1e-5 }, `out ${tag}`);
       assertClose(probs, ref.probs, { atol: 1e-6, rtol: 1e-5 }, `probs ${tag}`);
       assertClose(dq, refG, { atol: 2e-5 * maxAbs(refG), rtol: 1e-4 }, `dqkv ${tag}`);
+    }
+  }
+});
+
+Deno.test("attention: the matmul path matches the tiled kernels; padded positions are exact zeros", async () => {
+  const cases: Case[] = [
+    { B: 3, T: 48, C: 32, H: 2, lengths: [48, 7, 0] }, // hd 16: vec4 matmul kernels
+    { B: 2, T: 33, C: 18, H: 3, lengths: [20, 33] }, // hd 6: scalar matmul kernels
+  ];
+  for (const c of cases) {
+    const Q = poisonPadding(randn(c.B * c.T * 3 * c.C, 21), c, () => NaN);
+    const dO = randn(c.B * c.T * c.C, 22);
+    const [mm, tiled] = await engine.scopeAsync(async () => {
+      const qkv = engine.upload(Q, [c.B, c.T, 3 * c.C]);
+      const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
+      const dOut = engine.upload(dO, [c.B, c.T, c.C]);
+      const run = async (tile?: 64) => {
+        const r = attention(qkv, lengths, c.H, { saveProbs: true, tile });
+        const d = attentionBackward(qkv, r.probs!, dOut, lengths, c.H, { tile });
+        return (await engine.readMany([r.out, r.probs!, d])) as Float32Array[];
+      };
+      return [await run(), await run(64)];
+    });
+    for (const [k, name] of ["out", "probs", "dqkv"].entries()) {
+      assertClose(mm[k], tiled[k], { atol: 1e-6, rtol: 1e-5 }, `T${c.T} ${name}`);
+      const per = mm[k].length / (c.B * (k === 1 ? c.H * c.T : c.T)); // elements per (b, [h,] t) row
+      mm[k].forEach((v, i) => {
+        const row = Math.floor(i / per), t = row % c.T;
+        const b = Math.floor(row / (k === 1 ? c.H * c.T : c.T));
+        if (t >= c.lengths[b] && !Object.is(v, 0)) {
+          throw new Error(`T${c.T} ${name}[${i}] = ${v} at a padded position`);
+        }
+      });
     }
   }
 });
