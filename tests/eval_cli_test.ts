@@ -1,0 +1,231 @@
+// deno task eval as a user runs it (subprocesses on a tiny model folder and a tiny CounterFact-format file
+// written here): --limit 2 end to end with the reference's case files and the --json shape, resuming,
+// shards merged back into the unsharded summary, a zsRE file, and one-line refusals.
+import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { join } from "node:path";
+import { TINY_CONFIG, writeTinyModel } from "./fixtures.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+async function cli(args: string[], env: Record<string, string>) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
+}
+
+function record(id: number, subject: string, tnew: string, ttrue: string) {
+  return {
+    case_id: id,
+    pararel_idx: 100 + id,
+    requested_rewrite: {
+      prompt: "I saw {} in",
+      relation_id: "P1",
+      target_new: { str: tnew, id: "N" + tnew },
+      target_true: { str: ttrue, id: "N" + ttrue },
+      subject,
+    },
+    paraphrase_prompts: [`The cat sat. I saw ${subject} on`, `On a mat, ${subject} is in`],
+    neighborhood_prompts: ["I saw a mat in", "I saw the cat in"],
+    attribute_prompts: [`the ${tnew} is in`],
+    generation_prompts: [`${subject} is`, `${subject} is`, `In ${subject}, the`],
+  };
+}
+
+async function setup() {
+  const dir = await Deno.makeTempDir({ prefix: "eval-cli-" });
+  const model = join(dir, "model");
+  await writeTinyModel(model, {
+    config: { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions: 48 },
+    seed: 5,
+  });
+  const data = join(dir, "data");
+  await Deno.mkdir(data);
+  const records = [
+    record(3, "the river", "the", "a"),
+    record(8, "Eiffel Tower", "on", "the"),
+    record(11, "a mat", "he", "in"),
+  ];
+  await Deno.writeTextFile(join(data, "counterfact.json"), JSON.stringify(records));
+  // the reference's list form of attribute_snippets.json
+  await Deno.writeTextFile(
+    join(data, "attribute_snippets.json"),
+    JSON.stringify(["the", "on", "he"].map((t) => ({
+      name: t,
+      relation_id: "P1",
+      target_id: "N" + t,
+      samples: [{ name: "x", text: `${t} cat sat on ${t} mat` }, { name: "y", text: `the river in ${t}` }],
+    }))),
+  );
+  await Deno.writeTextFile(
+    join(dir, "ft.json"),
+    JSON.stringify({ layers: [1], num_steps: 6, lr: 0.02, weight_decay: 0, norm_constraint: false }),
+  );
+  const env = { XDG_CACHE_HOME: join(dir, "cache") };
+  const base = [
+    "eval",
+    "--model",
+    model,
+    "--dataset",
+    join(data, "counterfact.json"),
+    "--method",
+    "ft",
+    "--hparams",
+    join(dir, "ft.json"),
+    "--generation-length",
+    "12",
+  ];
+  return { dir, data, model, env, base };
+}
+
+Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsharded run, zsRE, refusals", async () => {
+  const { dir, data, model, env, base } = await setup();
+  try {
+    const a = join(dir, "a");
+    const r1 = await cli([...base, "--limit", "2", "--out", a, "--json"], env);
+    equal(r1.code, 0, r1.err);
+    const j = JSON.parse(r1.out);
+    deepEqual(Object.keys(j).slice(0, 4), ["method", "n", "summary", "pre"]);
+    equal(j.method, "ft");
+    equal(j.n, 2);
+    equal(j.computed, 2);
+    deepEqual(Object.keys(j.summary), ["S", "ES", "EM", "PS", "PM", "NS", "NM", "GE", "RS"]);
+    deepEqual(Object.keys(j.pre), Object.keys(j.summary));
+    for (const k of Object.keys(j.summary)) ok(typeof j.summary[k] === "number", `summary.${k} is a number`);
+    ok(j.summary.ES >= j.pre.ES, "FT does not lower ES");
+    // the reference's case files, one per case
+    const files = [...Deno.readDirSync(a)].map((e) => e.name).sort();
+    deepEqual(files, ["case_3.json", "case_8.json", "report.html", "report.md", "summary.json"]);
+    const c3 = JSON.parse(await Deno.readTextFile(join(a, "case_3.json")));
+    deepEqual(Object.keys(c3).slice(0, 5), ["case_id", "requested_rewrite", "time", "post", "pre"]);
+    equal(c3.post.rewrite_prompts_probs.length, 1);
+    equal(c3.post.paraphrase_prompts_probs.length, 2);
+    equal(c3.post.neighborhood_prompts_probs.length, 2);
+    equal(c3.post.attribute_prompts_probs.length, 1);
+    equal(c3.post.text.length, 3);
+    ok(typeof c3.post.ngram_entropy === "number" && typeof c3.post.reference_score === "number");
+    match(
+      await Deno.readTextFile(join(a, "report.md")),
+      /\| Editor \| S \| ES \| EM \| PS \| PM \| NS \| NM \| GE \| RS \| n \|/,
+    );
+
+    // resumed: nothing recomputed, files untouched
+    const mtime = (await Deno.stat(join(a, "case_3.json"))).mtime!.getTime();
+    const r2 = await cli([...base, "--limit", "2", "--out", a, "--json"], env);
+    equal(r2.code, 0, r2.err);
+    const j2 = JSON.parse(r2.out);
+    equal(j2.computed, 0);
+    equal(j2.skipped, 2);
+    deepEqual(j2.summary, j.summary);
+    equal((await Deno.stat(join(a, "case_3.json"))).mtime!.getTime(), mtime);
+
+    // two shards in two folders, merged: the same table as the unsharded run
+    for (const s of ["0/2", "1/2"]) {
+      const r = await cli(
+        [...base, "--limit", "2", "--shard", s, "--out", join(dir, `s${s[0]}`), "--json"],
+        env,
+      );
+      equal(r.code, 0, r.err);
+      equal(JSON.parse(r.out).n, 1);
+    }
+    const m = await cli([
+      "eval",
+      "--merge",
+      join(dir, "s0"),
+      join(dir, "s1"),
+      "--out",
+      join(dir, "merged"),
+      "--json",
+    ], env);
+    equal(m.code, 0, m.err);
+    const jm = JSON.parse(m.out);
+    equal(jm.n, 2);
+    deepEqual(jm.summary, j.summary);
+    deepEqual(jm.pre, j.pre);
+    ok((await Deno.stat(join(dir, "merged", "report.html"))).isFile);
+    // merging two methods gives one row each
+    const none = await cli([
+      "eval",
+      "--model",
+      model,
+      "--dataset",
+      join(data, "counterfact.json"),
+      "--method",
+      "none",
+      "--limit",
+      "2",
+      "--generation-length",
+      "12",
+      "--out",
+      join(dir, "none"),
+    ], env);
+    equal(none.code, 0, none.err);
+    const both = await cli(["eval", "--merge", a, join(dir, "none")], env);
+    equal(both.code, 0, both.err);
+    match(both.out, /unedited model \(pre\)/);
+    match(both.out, /\nFT /);
+
+    // zsRE, told apart by its records
+    const zsre = join(dir, "zsre.json");
+    await Deno.writeTextFile(
+      zsre,
+      JSON.stringify([{
+        subject: "the river",
+        src: "Where is the river?",
+        rephrase: "In what place is the river?",
+        answers: ["on the mat"],
+        loc: "nq question: who sat on the mat",
+        loc_ans: "the cat",
+      }]),
+    );
+    const z = await cli([
+      "eval",
+      "--model",
+      model,
+      "--dataset",
+      zsre,
+      "--method",
+      "ft",
+      "--hparams",
+      join(dir, "ft.json"),
+      "--out",
+      join(dir, "z"),
+      "--json",
+    ], env);
+    equal(z.code, 0, z.err);
+    const jz = JSON.parse(z.out);
+    equal(jz.dataset, "zsre");
+    deepEqual(Object.keys(jz.summary), ["S", "Efficacy", "Paraphrase", "Specificity"]);
+    const cz = JSON.parse(await Deno.readTextFile(join(dir, "z", "case_0.json")));
+    ok(Array.isArray(cz.post.rewrite_prompts_correct) && cz.post.rewrite_prompts_correct.length > 1);
+
+    // refusals: one line, exit code 2
+    const refusals: [string[], RegExp][] = [
+      [[...base, "--method", "xx"], /--method must be one of none, rome, ft, ft-l/],
+      [[...base, "--shard", "2/2"], /--shard: a shard is i\/n/],
+      [["eval", "--model", model, "--dataset", join(dir, "nope.json")], /dataset '.*nope\.json' not found/],
+      [
+        [...base, "--limit", "2", "--out", a, "--hparams", join(dir, "ft.json"), "--seed", "9"],
+        /already stored from another run/,
+      ],
+      [
+        [...base, "--snippets", join(dir, "none.json")],
+        /no attribute snippets at .*: give --snippets FILE, or --generation-length 0/,
+      ],
+      [["eval", "--merge"], /--merge needs at least one results folder/],
+      [["eval", "stray"], /unexpected argument 'stray'/],
+    ];
+    for (const [args, want] of refusals) {
+      const r = await cli(args, env);
+      equal(r.code, 2, `${args.join(" ")}: ${r.err}`);
+      const lines = r.err.trim().split("\n").filter((l) => l.startsWith("error:"));
+      equal(lines.length, 1, r.err);
+      match(lines[0], want);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
