@@ -3,7 +3,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { getEngine } from "./engine/engine.ts";
 import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
-import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
+import { generate, nextTokenLogprobs, seededRandom, topK } from "./engine/gpt2/generate.ts";
 import { downloadModel } from "./engine/hub.ts";
 import { basename, dirname, join } from "node:path";
 import { existsSync } from "node:fs";
@@ -168,8 +168,11 @@ export function fmtSeconds(s: number): string {
 
 const MODEL_OPTION = { model: { type: "string" } } as const;
 
+/** The bundled model every command uses when --model is not given (trained by `deno task train-demo`). */
+export const BUNDLED_MODEL = fileURLToPath(new URL("./models/world-gpt2", import.meta.url));
+
 function modelDir(opts: Record<string, unknown>): string {
-  const dir = opts.model as string | undefined;
+  const dir = (opts.model as string | undefined) ?? BUNDLED_MODEL;
   if (!dir) {
     throw new UsageError("--model DIR is required (a Hugging Face GPT-2 folder; see `deno task download`)");
   }
@@ -209,7 +212,7 @@ function requireText(opts: Record<string, unknown>, name: string): string {
 
 // ------------------------------------------------------------------ predict / generate / tokenize
 
-const PREDICT_USAGE = `deno task predict --model DIR --prompt TEXT [--top-k K] [--json]
+const PREDICT_USAGE = `deno task predict [--model DIR] --prompt TEXT [--top-k K] [--json]
   The most likely next tokens after the prompt, with log-probabilities.`;
 
 async function cmdPredict(args: string[]): Promise<void> {
@@ -241,7 +244,7 @@ async function cmdPredict(args: string[]): Promise<void> {
 }
 
 const GENERATE_USAGE =
-  `deno task generate --model DIR --prompt TEXT [--max-tokens N] [--top-k K] [--seed S] [--json]
+  `deno task generate [--model DIR] --prompt TEXT [--max-tokens N] [--top-k K] [--seed S] [--json]
   Continues the prompt: greedy with --top-k 1, seeded top-k sampling otherwise (default k 5, 20 tokens).`;
 
 async function cmdGenerate(args: string[]): Promise<void> {
@@ -273,7 +276,7 @@ async function cmdGenerate(args: string[]): Promise<void> {
   else console.log(prompt + text);
 }
 
-const TOKENIZE_USAGE = `deno task tokenize --model DIR --text TEXT [--json]
+const TOKENIZE_USAGE = `deno task tokenize [--model DIR] --text TEXT [--json]
   GPT-2 BPE tokens of the text (only the model folder's tokenizer files are read).`;
 
 function cmdTokenize(args: string[]): Promise<void> {
@@ -345,7 +348,8 @@ const TRAIN_USAGE =
   Trains a GPT-2-architecture model from scratch on a text corpus (documents separated by lines holding
   only <|endoftext|>) and writes Hugging Face checkpoints to DIR (config.json, model.safetensors,
   vocab.json, merges.txt, plus trainer state). An interrupted run resumes from DIR's last checkpoint
-  unless --fresh. --tokenizer defaults to the corpus's folder (vocab.json + merges.txt).`;
+  unless --fresh. --tokenizer defaults to the corpus's folder (vocab.json + merges.txt). --init starts
+  from a model folder's weights (a second stage) instead of GPT-2's initialisation.`;
 
 interface TrainFileConfig {
   model: { n_layer: number; n_head: number; n_embd: number; n_positions: number };
@@ -360,6 +364,10 @@ interface TrainFileConfig {
     grad_clip?: number;
     seed?: number;
     checkpoint_every?: number;
+    /** Stop after this step of the schedule (a stage of a longer schedule). */
+    stop_at?: number;
+    /** Pack several documents per row (default) or give each document its own row. */
+    pack?: boolean;
   };
 }
 
@@ -406,13 +414,15 @@ export async function train(opts: {
   steps?: number;
   fresh?: boolean;
   json?: boolean;
+  /** Start from this folder's weights instead of GPT-2's initialisation (fresh optimiser and schedule). */
+  init?: string;
 }): Promise<{ steps: number; loss: number; seconds: number; tokensPerSecond: number }> {
   const cfg = readTrainConfig(opts.config);
   const tokDir = opts.tokenizerDir ?? dirname(opts.corpus);
   const tokenizer = loadTokenizer(tokDir);
   const docs = readCorpus(opts.corpus, tokenizer);
   const T = cfg.model.n_positions;
-  const rows = packDocuments(docs, T);
+  const rows = packDocuments(docs, T, cfg.train.pack ?? true);
   const hyperBase = cfg.train;
   const B = hyperBase.batch_size;
   const stepsPerEpoch = Math.floor(rows.length / B);
@@ -450,6 +460,12 @@ export async function train(opts: {
       throw new UsageError(
         `${opts.out} holds a checkpoint of another model shape; use --fresh or another --out`,
       );
+    }
+  } else if (opts.init) {
+    const from = opts.init;
+    model = (await loadGpt2Folder(engine, from)).model;
+    if (JSON.stringify(model.config) !== JSON.stringify(config)) {
+      throw new UsageError(`init model ${from} does not have the configured shape`);
     }
   } else {
     const init = initGpt2Weights(config, hyper.seed);
@@ -497,10 +513,11 @@ export async function train(opts: {
       metadata: { trained_steps: String(trainer.step) },
     });
   };
-  const bar = new Progress("training", totalSteps, opts.json);
+  const bar = new Progress("training", hyperBase.stop_at ?? totalSteps, opts.json);
   let tokens = 0, lastLoss = NaN;
   const runStart = performance.now();
-  while (trainer.step < totalSteps) {
+  const stopAt = Math.min(totalSteps, hyperBase.stop_at ?? totalSteps);
+  while (trainer.step < stopAt) {
     const s = trainer.step;
     const order = epochOrder(rows.length, hyper.seed, Math.floor(s / stepsPerEpoch));
     const k = s % stepsPerEpoch;
@@ -515,7 +532,7 @@ export async function train(opts: {
     losses.push([trainer.step, lastLoss]);
     const tps = tokens / ((performance.now() - runStart) / 1000);
     bar.update(trainer.step, `loss ${lastLoss.toFixed(3)} ${tps.toFixed(0)} tok/s`);
-    if (trainer.step % every === 0 || trainer.step === totalSteps) await checkpoint();
+    if (trainer.step % every === 0 || trainer.step === stopAt) await checkpoint();
   }
   bar.done();
   const seconds = (performance.now() - t0) / 1000;
@@ -536,6 +553,7 @@ async function cmdTrain(args: string[]): Promise<void> {
     out: { type: "string" },
     tokenizer: { type: "string" },
     steps: { type: "string" },
+    init: { type: "string" },
     fresh: { type: "boolean" },
     json: { type: "boolean" },
   }, TRAIN_USAGE);
@@ -550,6 +568,7 @@ async function cmdTrain(args: string[]): Promise<void> {
     steps: opts.steps === undefined ? undefined : intOption(opts, "steps", 0, 1),
     fresh: Boolean(opts.fresh),
     json: Boolean(opts.json),
+    init: opts.init as string | undefined,
   });
   if (opts.json) console.log(JSON.stringify(res));
   else {console.log(
@@ -561,21 +580,80 @@ async function cmdTrain(args: string[]): Promise<void> {
 
 const WORLD_DIR = "data/world";
 
+/**
+ * The second training stage's corpus: every fact in each of its relation's training phrasings, one fact
+ * per document, plus a sample of the ordinary corpus so the model keeps writing text. Small models need
+ * many more exposures per fact than the first stage gives them; drilling the facts gets there in minutes
+ * rather than hours on a CPU adapter. Deterministic from `seed`.
+ */
+export function factDrillCorpus(world: string, seed: number): string {
+  const facts = JSON.parse(Deno.readTextFileSync(`${world}/facts.json`)) as {
+    relations: { relation_id: string; training: string[] }[];
+    facts: { subject: string; relation_id: string; object: string }[];
+  };
+  const templates = new Map(facts.relations.map((r) => [r.relation_id, r.training]));
+  const rand = seededRandom(seed);
+  const shuffle = <T>(xs: T[]) => {
+    for (let i = xs.length - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      [xs[i], xs[j]] = [xs[j], xs[i]];
+    }
+    return xs;
+  };
+  const sentences = shuffle(
+    facts.facts.flatMap((f) =>
+      templates.get(f.relation_id)!.map((t) => `${t.replace("{}", f.subject)} ${f.object}.`)
+    ),
+  );
+  // one fact per document: trained with one document per row, each fact sits where a prompt does
+  const docs = [...sentences];
+  const corpus = Deno.readTextFileSync(`${world}/corpus.txt`).split(/\n?<\|endoftext\|>\n?/).map((d) =>
+    d.trim()
+  )
+    .filter((d) => d.length > 0);
+  docs.push(...shuffle(corpus).slice(0, Math.round(docs.length * 0.15)));
+  return shuffle(docs).join("\n<|endoftext|>\n") + "\n";
+}
+
 const TRAIN_DEMO_USAGE = `deno task train-demo [--out DIR] [--fresh]
-  Rebuilds the bundled model from the facts world: trains with ${WORLD_DIR}/train_config.json on
-  ${WORLD_DIR}/corpus.txt (default --out out/train-demo), then checks how many facts it knows.`;
+  Rebuilds the bundled model from the facts world in two stages: (1) ${WORLD_DIR}/train_config.json on
+  ${WORLD_DIR}/corpus.txt, (2) ${WORLD_DIR}/drill_config.json on the fact drill corpus (every fact in each
+  training phrasing plus a sample of the corpus), starting from stage 1's weights. Writes DIR/stage1 and
+  DIR/model (default DIR out/train-demo), then checks how many facts the model knows. Resumable.`;
 
 async function cmdTrainDemo(args: string[]): Promise<void> {
   const opts = parse(args, { out: { type: "string" }, fresh: { type: "boolean" } }, TRAIN_DEMO_USAGE);
   const out = (opts.out as string | undefined) ?? "out/train-demo";
-  const res = await train({
+  const fresh = Boolean(opts.fresh);
+  const t0 = performance.now();
+  const s1 = await train({
     config: `${WORLD_DIR}/train_config.json`,
     corpus: `${WORLD_DIR}/corpus.txt`,
-    out,
-    fresh: Boolean(opts.fresh),
+    out: `${out}/stage1`,
+    fresh,
   });
-  console.log(`trained ${res.steps} steps in ${fmtSeconds(res.seconds)} (final loss ${res.loss.toFixed(4)})`);
-  await cmdFacts(["--model", out]);
+  console.log(`stage 1: ${s1.steps} steps (final loss ${s1.loss.toFixed(4)})`);
+  const drill = `${out}/drill`;
+  Deno.mkdirSync(drill, { recursive: true });
+  for (const f of ["vocab.json", "merges.txt"]) Deno.copyFileSync(`${WORLD_DIR}/${f}`, `${drill}/${f}`);
+  const drillCfg = JSON.parse(Deno.readTextFileSync(`${WORLD_DIR}/drill_config.json`));
+  await writeFileAtomic(`${drill}/corpus.txt`, [
+    new TextEncoder().encode(factDrillCorpus(WORLD_DIR, drillCfg.train.seed)),
+  ]);
+  const s2 = await train({
+    config: `${WORLD_DIR}/drill_config.json`,
+    corpus: `${drill}/corpus.txt`,
+    out: `${out}/model`,
+    init: `${out}/stage1`,
+    fresh,
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  console.log(
+    `stage 2: ${s2.steps} steps (final loss ${s2.loss.toFixed(4)}); wall time of this run ${
+      fmtSeconds(seconds)
+    }`,
+  );
+  await cmdFacts(["--model", `${out}/model`]);
 }
 
 const FACTS_USAGE = `deno task facts [--model DIR] [--world DIR] [--json]
@@ -637,7 +715,7 @@ async function cmdFacts(args: string[]): Promise<void> {
 // ------------------------------------------------------------------ edit / stats (ROME)
 
 /** The bundled model, edited when no --model is given (lands with the trained world model). */
-const DEFAULT_EDIT_MODEL = fileURLToPath(new URL("./models/world-gpt2", import.meta.url));
+const DEFAULT_EDIT_MODEL = BUNDLED_MODEL;
 /** CounterFact-format records of the bundled world, and the default case edited with no arguments. */
 const DEFAULT_EDIT_DATASET = fileURLToPath(new URL("./data/world/counterfact.json", import.meta.url));
 const DEFAULT_EDIT_CASE = 0;
@@ -1358,7 +1436,7 @@ async function editLayer(
     if (!s) {
       throw new UsageError(
         `--layer auto: no causal-tracing result for this model (hash ${model.hash}); run ` +
-          `\`deno task trace --model DIR --facts FILE --suggest-layer\` first, or give --layer L`,
+          `\`deno task trace [--model DIR] --facts FILE --suggest-layer\` first, or give --layer L`,
       );
     }
     return s.layer;
@@ -2218,17 +2296,19 @@ async function cmdInfo(args: string[]): Promise<void> {
 
 // Defaults that land with the bundled model: each is one line. Until then --model (and --prompt/--subject,
 // or --facts) must be given.
-const DEFAULT_TRACE_MODEL: string | undefined = undefined;
+const DEFAULT_TRACE_MODEL: string | undefined = BUNDLED_MODEL;
 const DEFAULT_TRACE_FACT: { prompt: string; subject: string; expect?: string } | undefined = undefined;
-const DEFAULT_TRACE_FACTS: string | undefined = undefined; // e.g. the bundled data/world/known_facts.json
+const DEFAULT_TRACE_FACTS: string | undefined = fileURLToPath(
+  new URL("./data/world/known_facts.json", import.meta.url),
+);
 /** Subjects whose embedding std sets the noise level when neither --subjects nor --facts says otherwise. */
 const BUNDLED_SUBJECTS = fileURLToPath(new URL("./data/world/known_facts.json", import.meta.url));
 
-const TRACE_USAGE = `deno task trace --model DIR --prompt TEXT --subject TEXT [--expect TEXT] [--force]
+const TRACE_USAGE = `deno task trace [--model DIR] --prompt TEXT --subject TEXT [--expect TEXT] [--force]
                  [--kind hidden|mlp|attn|all|severed] [--sever mlp|attn|both]
                  [--samples 10] [--noise 3x|FLOAT] [--subjects FILE] [--window 10] [--seed 1]
                  [--max-rows N] [--out DIR] [--json]
-deno task trace --model DIR --facts FILE [--limit N] [--kind hidden|mlp|attn|all] [--out DIR]
+deno task trace [--model DIR] --facts FILE [--limit N] [--kind hidden|mlp|attn|all] [--out DIR]
                  [--json | --suggest-layer]   (plus the noise/sample options above)
   Causal tracing (Meng et al. 2022): corrupt the subject's token embeddings with Gaussian noise
   (--samples draws of --noise: '3x' = 3 × the std of the subjects' token embeddings, or an absolute

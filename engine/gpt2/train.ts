@@ -45,10 +45,19 @@ export function initGpt2Weights(c: Gpt2Config, seed: number): Map<string, Float3
 
 /**
  * Packs tokenized documents (each already ending with <|endoftext|>) greedily into rows of at most
- * `T + 1` tokens (inputs are row[0..-1], targets row[1..]), never splitting a document, so every row
+ * `T + 1` tokens (or, with `pack` false, one document per row) (inputs are row[0..-1], targets row[1..]), never splitting a document, so every row
  * starts at a document boundary as prompts do at inference. Longer documents are cut into pieces.
  */
-export function packDocuments(docs: readonly (readonly number[])[], T: number): number[][] {
+export function packDocuments(docs: readonly (readonly number[])[], T: number, pack = true): number[][] {
+  if (!pack) {
+    // One document per row, each starting at position 0 exactly as prompts do at inference: with learned
+    // absolute positions a small model memorises a fact at the positions it saw it, so facts drilled
+    // mid-row are not recalled from a prompt that starts a sequence.
+    return docs.flatMap((d) =>
+      Array.from({ length: Math.ceil(d.length / (T + 1)) }, (_, i) => d.slice(i * (T + 1), (i + 1) * (T + 1)))
+    )
+      .filter((r) => r.length > 1);
+  }
   const rows: number[][] = [];
   let cur: number[] = [];
   for (const doc of docs) {
