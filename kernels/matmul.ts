@@ -22,10 +22,11 @@
 //   software-pipelining the next k-block's loads between FMA rows: slower (19 vs 24)
 //   workgroups of 8x1, 8x2, 8x4, 8x8 lanes: equal within noise; 16x1: no better
 //   workgroup order walking down column blocks in bands of 4 row blocks (see WORKGROUP_ORDER): +10%
-// Kept: 8 lanes per workgroup (one SIMD group: no barrier, no idle lanes for small M), lane tile TM x 16
-// (TM = 8, 16 or 32 chosen per shape by the op; at T = 16, 16x16 beat 8x16, 16x24, 16x32 and 32x16),
-// vec4 loads wherever the layout is 4-aligned (the op decides), no K % 4 tail in the blocked kernel (the
-// op runs the tail with the scalar k1 kernel, accumulating).
+// Kept: 8 lanes per workgroup (one SIMD group: no barrier, no idle lanes for small M), lane tiles 8x16,
+// 16x16, 32x16 and 32x32 chosen per shape by the op (1024³ and T = 128: 32x32 27-28 vs 32x16 24-25,
+// 3-8 s to compile cold; T = 16: 16x16 beat 8x16, 16x24, 16x32 and 32x16), vec4 loads wherever the
+// layout is 4-aligned (the op decides), no K % 4 tail in the blocked kernel (the op runs the tail with
+// the scalar k1 kernel, accumulating).
 // Edges: rows and columns past M / N are clamped to the last valid one once, before the K loop, so the
 // inner loop has no bounds test whatever the shape and there is no separate "unchecked" variant: the
 // code of the loop is the same; only the stores are guarded. Epilogue: see `matmulKernel`.
