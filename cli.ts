@@ -611,7 +611,8 @@ export function factDrillCorpus(world: string, seed: number): string {
     d.trim()
   )
     .filter((d) => d.length > 0);
-  docs.push(...shuffle(corpus).slice(0, Math.round(docs.length * 0.15)));
+  // ordinary sentences too (each document's first), short like the facts so rows need little padding
+  docs.push(...shuffle(corpus).slice(0, Math.round(docs.length * 0.15)).map((d) => d.split(/(?<=\.) /)[0]));
   return shuffle(docs).join("\n<|endoftext|>\n") + "\n";
 }
 
