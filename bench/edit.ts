@@ -10,8 +10,7 @@
 import { type Engine, getEngine } from "../engine/engine.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
-import { buildGpt2 } from "../engine/gpt2/load.ts";
-import { expectedWeightShapes, type Gpt2Model } from "../engine/gpt2/model.ts";
+import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import { executeRome } from "../rome/edit.ts";
 import { defaultHparams, type RomeHparams } from "../rome/hparams.ts";
@@ -19,6 +18,7 @@ import { normalizeRequest, type RomeRequest } from "../rome/request.ts";
 import { secondMomentMatrix, secondMomentStats, splitCorpus } from "../rome/stats.ts";
 import { generateContextTemplates } from "../rome/templates.ts";
 import { GPT2_SMALL } from "./gpt2.ts";
+import { randomGpt2Model } from "./util.ts";
 
 const WORLD = new URL("../data/world/", import.meta.url);
 
@@ -39,27 +39,6 @@ function gpt2Tokenizer(): Gpt2Tokenizer {
     JSON.parse(Deno.readTextFileSync(new URL("./encoder.json", entry))),
     Deno.readTextFileSync(new URL("./vocab.bpe", entry)),
   );
-}
-
-/** Random weights (uniform, std 0.02; layer-norm gains 1), deterministic, generated per tensor on demand. */
-function randomModel(engine: Engine, c: Gpt2Config): Gpt2Model {
-  const shapes = expectedWeightShapes(c);
-  let seed = 11;
-  return buildGpt2(engine, c, {
-    tensors: new Map([...shapes].map(([n, shape]) => [n, { shape, dtype: "F32" }])),
-    read: (name) => {
-      const n = shapes.get(name)!.reduce((a, b) => a * b, 1);
-      const out = new Float32Array(n);
-      if (/ln_[12f]\.weight$/.test(name)) return out.fill(1);
-      let s = (seed++ * 2654435761) >>> 0;
-      for (let i = 0; i < n; i++) {
-        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-        out[i] = (s / 4294967296 - 0.5) * 0.02 * Math.sqrt(12);
-      }
-      return out;
-    },
-    describe: () => "random",
-  });
 }
 
 /** C_ij = ρ^|i−j| + μ_i μ_j: symmetric positive definite, with the correlated structure keys have. */
@@ -132,7 +111,7 @@ export async function run(
     shapes.push(["gpt2_xl", xl, defaultHparams(xl).hparams]);
   }
   for (const [label, c, base] of shapes) {
-    const model = randomModel(engine, c);
+    const model = randomGpt2Model(engine, c);
     await engine.sync();
     const hp: RomeHparams = { ...base, layers: [Math.min(base.layers[0], c.nLayer - 1)] };
     if (opts.quick) hp.v_num_grad_steps = 5;

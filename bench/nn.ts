@@ -4,6 +4,7 @@
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { gelu, geluBackward, layerNorm, logSoftmax, softmax } from "../engine/ops/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { timeGpu } from "./util.ts";
 
 interface Case {
   op: string;
@@ -19,16 +20,6 @@ function randomTensor(e: Engine, shape: number[]): Tensor {
   const x = new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = Math.sin(i * 12.9898) * 3;
   return e.upload(x, shape);
-}
-
-/** Mean milliseconds per call: warm up (compiles pipelines), then N calls and one sync. */
-async function timeGpu(e: Engine, iters: number, call: () => unknown): Promise<number> {
-  for (let i = 0; i < 2; i++) e.scope(() => void call());
-  await e.sync();
-  const t0 = performance.now();
-  for (let i = 0; i < iters; i++) e.scope(() => void call());
-  await e.sync();
-  return (performance.now() - t0) / iters;
 }
 
 export async function run(

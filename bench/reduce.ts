@@ -4,22 +4,13 @@
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { argmax, max, sum } from "../engine/ops/reduce.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { timeGpu } from "./util.ts";
 
 function randomTensor(e: Engine, shape: number[]): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
   const x = new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = Math.sin(i * 12.9898) * 3;
   return e.upload(x, shape);
-}
-
-/** Mean milliseconds per call: warm up (compiles pipelines), then N calls and one sync. */
-async function timeGpu(e: Engine, iters: number, call: () => unknown): Promise<number> {
-  for (let i = 0; i < 2; i++) e.scope(() => void call());
-  await e.sync();
-  const t0 = performance.now();
-  for (let i = 0; i < iters; i++) e.scope(() => void call());
-  await e.sync();
-  return (performance.now() - t0) / iters;
 }
 
 export async function run(

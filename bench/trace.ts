@@ -5,31 +5,10 @@
 // --quick: the GPT-2-small-shaped model keeps 4 of its 12 layers and traces the hidden kind only.
 import { type Engine, getEngine } from "../engine/engine.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
-import { buildGpt2 } from "../engine/gpt2/load.ts";
-import { expectedWeightShapes, type Gpt2Model } from "../engine/gpt2/model.ts";
+import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { BasePass, TRACE_KINDS, traceCells, type TraceKind, traceKind } from "../tracing/trace.ts";
 import { GPT2_SMALL } from "./gpt2.ts";
-
-/** Random weights (uniform, std 0.02; layer-norm gains 1), deterministic, generated per tensor on demand. */
-function randomModel(engine: Engine, c: Gpt2Config): Gpt2Model {
-  const shapes = expectedWeightShapes(c);
-  let seed = 7;
-  return buildGpt2(engine, c, {
-    tensors: new Map([...shapes].map(([n, shape]) => [n, { shape, dtype: "F32" }])),
-    read: (name) => {
-      const n = shapes.get(name)!.reduce((a, b) => a * b, 1);
-      const out = new Float32Array(n);
-      if (/ln_[12f]\.weight$/.test(name)) return out.fill(1);
-      let s = (seed++ * 2654435761) >>> 0;
-      for (let i = 0; i < n; i++) {
-        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-        out[i] = (s / 4294967296 - 0.5) * 0.02 * Math.sqrt(12);
-      }
-      return out;
-    },
-    describe: () => "random",
-  });
-}
+import { randomGpt2Model } from "./util.ts";
 
 const T = 10, SAMPLES = 10;
 const IDS = (vocab: number) => Array.from({ length: T }, (_, t) => (t * 7919 + 13) % vocab);
@@ -89,7 +68,7 @@ export async function run(
   // ---- GPT-2 small shapes
   const big: Gpt2Config = opts.quick ? { ...GPT2_SMALL, nLayer: 4 } : GPT2_SMALL;
   const bigKinds: TraceKind[] = opts.quick ? ["hidden"] : [...TRACE_KINDS];
-  let model = randomModel(engine, big);
+  let model = randomGpt2Model(engine, big);
   await engine.sync();
   await warmUp(model); // compiles the pipelines outside the timings
   say(
@@ -126,7 +105,7 @@ export async function run(
 
   // ---- batched vs naive on a smaller model
   const small: Gpt2Config = { ...GPT2_SMALL, nLayer: 6, nEmbd: 128, nHead: 4, nInner: 512, vocabSize: 4096 };
-  model = randomModel(engine, small);
+  model = randomGpt2Model(engine, small);
   await engine.sync();
   const kinds: TraceKind[] = opts.quick ? ["hidden"] : [...TRACE_KINDS];
   say(`\nbatched vs one forward per cell: 6 layers, d 128, vocab 4096, T ${T}, ${SAMPLES} samples`);
