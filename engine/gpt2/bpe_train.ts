@@ -4,10 +4,7 @@
  *
  * Plain ES module with no Deno APIs (runs in the browser too).
  *
- * Same pre-tokenisation regex and bytes_to_unicode alphabet as tokenizer.ts. Those two are
- * private there, so the minimum is copied below (`PRETOKENIZE`, `bytesToUnicode`); the
- * tokenizer's own tests pin them to GPT-2's behaviour and tests/bpe_train_test.ts checks the
- * copies agree with it (any text round-trips, every byte is a token).
+ * Same pre-tokenisation regex and bytes_to_unicode alphabet as tokenizer.ts (imported from it).
  *
  * Algorithm (the standard one, as in HF `tokenizers`' BpeTrainer without min_frequency):
  * - Split every text into pre-tokens ("words") and count them; merges never cross words.
@@ -26,27 +23,12 @@
  * encoding every forced word with `Gpt2Tokenizer`; a failure throws.
  */
 
-import { Gpt2Tokenizer } from "./tokenizer.ts";
+import { BYTE_TO_CHAR, Gpt2Tokenizer, PRETOKENIZE } from "./tokenizer.ts";
 
-// Copied from tokenizer.ts (GPT-2's pre-tokenisation regex, JS `u` flag).
-const PRETOKENIZE = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
-
-/** GPT-2's byte -> printable-character table and its byte order (copied from tokenizer.ts). */
-function bytesToUnicode(): { table: string[]; order: number[] } {
-  const table: string[] = new Array(256);
-  const printableFirst: number[] = [];
-  const rest: number[] = [];
-  let next = 0;
-  for (let b = 0; b < 256; b++) {
-    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
-    table[b] = String.fromCharCode(printable ? b : 256 + next++);
-    (printable ? printableFirst : rest).push(b);
-  }
-  // GPT-2's vocab.json numbers the byte tokens in this order: printable bytes, then the rest.
-  return { table, order: [...printableFirst, ...rest] };
-}
-
-const { table: BYTE_TO_CHAR, order: BYTE_ORDER } = bytesToUnicode();
+/** GPT-2's vocab.json numbers the byte tokens in this order: printable bytes, then the rest. */
+const BYTE_ORDER: readonly number[] = [...Array(256).keys()].sort((a, b) =>
+  Number(BYTE_TO_CHAR[a].charCodeAt(0) >= 256) - Number(BYTE_TO_CHAR[b].charCodeAt(0) >= 256) || a - b
+);
 const utf8 = new TextEncoder();
 
 export interface TrainBpeOptions {

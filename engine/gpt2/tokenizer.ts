@@ -18,7 +18,7 @@
  */
 
 // GPT-2 splits text into "words" before BPE; merges never cross these boundaries.
-const PRETOKENIZE = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+export const PRETOKENIZE = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 
 const EOS_TOKEN = "<|endoftext|>";
 
@@ -42,7 +42,7 @@ function bytesToUnicode(): string[] {
   return table;
 }
 
-const BYTE_TO_CHAR: readonly string[] = bytesToUnicode();
+export const BYTE_TO_CHAR: readonly string[] = bytesToUnicode();
 const CHAR_TO_BYTE: ReadonlyMap<string, number> = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
 
 const utf8Encoder = new TextEncoder();
