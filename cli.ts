@@ -2298,7 +2298,11 @@ async function cmdInfo(args: string[]): Promise<void> {
 // Defaults that land with the bundled model: each is one line. Until then --model (and --prompt/--subject,
 // or --facts) must be given.
 const DEFAULT_TRACE_MODEL: string | undefined = BUNDLED_MODEL;
-const DEFAULT_TRACE_FACT: { prompt: string; subject: string; expect?: string } | undefined = undefined;
+const DEFAULT_TRACE_FACT: { prompt: string; subject: string; expect?: string } | undefined = {
+  prompt: "The city of Cebu City is located in",
+  subject: "Cebu City",
+  expect: "Philippines",
+}; // known_id 0 of data/world/known_facts.json
 const DEFAULT_TRACE_FACTS: string | undefined = fileURLToPath(
   new URL("./data/world/known_facts.json", import.meta.url),
 );
