@@ -9,6 +9,7 @@ import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { BasePass, TRACE_KINDS, traceCells, type TraceKind, traceKind } from "../tracing/trace.ts";
 import { GPT2_SMALL } from "./gpt2.ts";
 import { randomGpt2Model } from "./util.ts";
+import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
 
 const T = 10, SAMPLES = 10;
 const IDS = (vocab: number) => Array.from({ length: T }, (_, t) => (t * 7919 + 13) % vocab);
@@ -102,6 +103,39 @@ export async function run(
   }
   for (const t of model.weights.values()) t.dispose();
   engine.pool.trim();
+
+  // ---- the bundled model (when present): the same prompt shape, every kind
+  const bundled = new URL("../models/world-gpt2", import.meta.url).pathname;
+  try {
+    Deno.statSync(`${bundled}/model.safetensors`);
+    const { model: bm } = await loadGpt2Folder(engine, bundled);
+    await warmUp(bm);
+    say(`bundled model (${bm.config.nLayer} layers, d ${bm.config.nEmbd}): T ${T}, ${SAMPLES} samples`);
+    for (const [kind, r] of await timeKinds(bm, [...TRACE_KINDS], "batched")) {
+      const row = {
+        name: `trace_bundled_${kind}`,
+        kind,
+        layers: bm.config.nLayer,
+        T,
+        samples: SAMPLES,
+        cells: r.cells,
+        rows: r.rows,
+        forwards: r.forwards,
+        seconds: r.seconds,
+        rows_per_s: r.rows / r.seconds,
+      };
+      rows.push(row);
+      say(
+        `${kind.padEnd(7)} ${String(r.rows).padStart(6)} rows ${r.seconds.toFixed(2).padStart(7)} s ${
+          row.rows_per_s.toFixed(0).padStart(6)
+        } rows/s`,
+      );
+    }
+    for (const t of bm.weights.values()) t.dispose();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    say("bundled model not found: skipped");
+  }
 
   // ---- batched vs naive on a smaller model
   const small: Gpt2Config = { ...GPT2_SMALL, nLayer: 6, nEmbd: 128, nHead: 4, nInner: 512, vocabSize: 4096 };
