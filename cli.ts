@@ -6,8 +6,7 @@ import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/f
 import { generate, nextTokenLogprobs, seededRandom, topK } from "./engine/gpt2/generate.ts";
 import { downloadModel } from "./engine/hub.ts";
 import { basename, dirname, join } from "node:path";
-import { existsSync } from "node:fs";
-import { readSafetensorsFile } from "./engine/files.ts";
+import { exists, readSafetensorsFile, writeFileAtomic } from "./engine/files.ts";
 import type { Gpt2Config } from "./engine/gpt2/config.ts";
 import { buildGpt2 } from "./engine/gpt2/load.ts";
 import { expectedWeightShapes, type Gpt2Model } from "./engine/gpt2/model.ts";
@@ -16,7 +15,6 @@ import { epochOrder, initGpt2Weights, packDocuments, Trainer, type TrainHyper } 
 import { saveGpt2Folder } from "./engine/gpt2/folder.ts";
 import { topOneAccuracy } from "./eval/knowledge.ts";
 import { fileURLToPath } from "node:url";
-import { writeFileAtomic } from "./engine/files.ts";
 import { findSubjectRange } from "./engine/gpt2/tokenizer.ts";
 import { fmt } from "./tracing/render.ts";
 import { LAST_SUBJECT } from "./tracing/aggregate.ts";
@@ -453,7 +451,7 @@ export async function train(opts: {
   const statePath = `${opts.out}/trainer_state.json`;
   let resumed: { step: number; seconds: number; losses: [number, number][] } | undefined;
   let model: Gpt2Model;
-  if (!opts.fresh && existsSync(statePath)) {
+  if (!opts.fresh && exists(statePath)) {
     resumed = JSON.parse(Deno.readTextFileSync(statePath));
     model = (await loadGpt2Folder(engine, opts.out)).model;
     if (JSON.stringify(model.config) !== JSON.stringify(config)) {
@@ -758,15 +756,6 @@ function layerInRange(model: Gpt2Model, layer: number): void {
   }
 }
 
-function fileExists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function readBytes(path: string, what: string): Promise<Uint8Array> {
   try {
     return await Deno.readFile(path);
@@ -779,7 +768,7 @@ async function readBytes(path: string, what: string): Promise<Uint8Array> {
 /** The edits log of a model folder, if it has one. */
 function readEditsLog(dir: string): EditsLog | undefined {
   const path = join(dir, "edits.json");
-  if (!fileExists(path)) return undefined;
+  if (!exists(path)) return undefined;
   try {
     return parseEditsLog(JSON.parse(Deno.readTextFileSync(path)), path);
   } catch (e) {
@@ -796,7 +785,7 @@ function baseModelHash(dir: string, model: Gpt2Model): string {
 /** The model folder to edit: --model, or the bundled one (with a clear message while it is missing). */
 function editModelDir(opts: Record<string, unknown>): string {
   const dir = (opts.model as string | undefined) ?? DEFAULT_EDIT_MODEL;
-  if (!fileExists(dir)) {
+  if (!exists(dir)) {
     const stale = (() => {
       try {
         const parent = dirname(dir), base = basename(dir);
@@ -950,7 +939,7 @@ export async function layerStats(
     };
   }
   const shipped = shippedStatsPath(o.dir, o.layer);
-  if (fileExists(shipped)) {
+  if (exists(shipped)) {
     const { mom2, count, info } = decodeSecondMoment(await Deno.readFile(shipped), shipped);
     if (info.layer === o.layer && (info.model_hash === undefined || info.model_hash === o.baseHash)) {
       const C = await uploadStats(model, mom2, count, shipped);
@@ -972,7 +961,7 @@ export async function layerStats(
   const name = statsCacheName(o.layer, corpus.hash, samples);
   const dir = join(romeCacheDir(o.baseHash), "stats");
   const path = join(dir, name);
-  if (fileExists(path)) {
+  if (exists(path)) {
     const { mom2, count } = decodeSecondMoment(await Deno.readFile(path), path);
     const C = await uploadStats(model, mom2, count, path);
     return {
@@ -988,7 +977,7 @@ export async function layerStats(
   await Deno.mkdir(dir, { recursive: true });
   const partial = path.replace(/\.safetensors$/, ".partial.safetensors");
   let resume: SecondMomentCheckpoint | undefined;
-  if (fileExists(partial)) {
+  if (exists(partial)) {
     try {
       const r = decodeSecondMoment(await Deno.readFile(partial), partial);
       if (r.info.cursor !== undefined && r.info.cursor <= samples) resume = { ...r, cursor: r.info.cursor };
@@ -1209,7 +1198,7 @@ async function contextTemplatesCached(
 ): Promise<{ templates: string[]; cached: boolean }> {
   const key = params.map(([l, n]) => `${l}x${n}`).join("_");
   const path = join(romeCacheDir(baseHash), `context_templates_seed${seed}_${key}.json`);
-  if (fileExists(path)) {
+  if (exists(path)) {
     try {
       const j = JSON.parse(await Deno.readTextFile(path));
       return { templates: parseContextTemplates(j.templates, path), cached: true };
@@ -1258,7 +1247,7 @@ export async function saveEditedFolder(
   files: Record<string, string | Uint8Array>,
   drop: ReadonlySet<string> = new Set(),
 ): Promise<void> {
-  if (fileExists(out) && !fileExists(join(out, "config.json"))) {
+  if (exists(out) && !exists(join(out, "config.json"))) {
     if ([...Deno.readDirSync(out)].length > 0) {
       throw new UsageError(`--out '${out}' exists and is not a model folder; give a new folder`);
     }
@@ -1282,7 +1271,7 @@ export async function saveEditedFolder(
       else await Deno.writeFile(join(stage, rel), data);
     }
     let old: string | undefined;
-    if (fileExists(out)) {
+    if (exists(out)) {
       old = `${out}.old-${crypto.randomUUID().slice(0, 8)}`;
       await Deno.rename(out, old);
     }
@@ -1921,7 +1910,7 @@ async function readCase(path: string): Promise<CaseResult> {
 /** Case files in a folder: what the harness resumes from and writes to. */
 function caseStore(dir: string): EvalCaseStore {
   return {
-    get: async (id) => fileExists(caseFile(dir, id)) ? await readCase(caseFile(dir, id)) : undefined,
+    get: async (id) => exists(caseFile(dir, id)) ? await readCase(caseFile(dir, id)) : undefined,
     put: async (r) =>
       await writeFileAtomic(caseFile(dir, r.case_id), [
         new TextEncoder().encode(JSON.stringify(r, null, 1) + "\n"),
@@ -1934,7 +1923,7 @@ function preStore(dir: string): PreStore {
   return {
     get: async (id) => {
       const path = caseFile(dir, id);
-      if (!fileExists(path)) return undefined;
+      if (!exists(path)) return undefined;
       try {
         return (JSON.parse(await Deno.readTextFile(path)) as { pre: CaseMetrics }).pre;
       } catch {
@@ -1959,7 +1948,7 @@ async function evalVectorizer(
 ): Promise<{ vectorizer: TfidfVectorizer; id: string }> {
   const dir = (opts.tfidf as string | undefined) ?? dirname(datasetPath);
   const idfPath = join(dir, "idf.npy"), vocabPath = join(dir, "tfidf_vocab.json");
-  if (fileExists(idfPath) && fileExists(vocabPath)) {
+  if (exists(idfPath) && exists(vocabPath)) {
     const idfBytes = await readBytes(idfPath, "idf file");
     const vocabBytes = await readBytes(vocabPath, "tf-idf vocabulary");
     let vocab: unknown;
@@ -2023,7 +2012,7 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
   if (dataset.kind === "counterfact" && genLength > 0) {
     const snipsPath = (opts.snippets as string | undefined) ??
       join(dirname(datasetPath), "attribute_snippets.json");
-    if (!fileExists(snipsPath)) {
+    if (!exists(snipsPath)) {
       throw new UsageError(
         `no attribute snippets at ${snipsPath} (RS needs them): give --snippets FILE, or --generation-length 0 to skip GE and RS`,
       );
@@ -2141,7 +2130,7 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
       const r of shardItems(editGroups(dataset.records as { case_id: number }[], sequential), shard).flat()
     ) {
       if (
-        fileExists(caseFile(out, r.case_id)) && runKey((await readCase(caseFile(out, r.case_id))).run) === key
+        exists(caseFile(out, r.case_id)) && runKey((await readCase(caseFile(out, r.case_id))).run) === key
       ) found++;
     }
     const mine = shardItems(dataset.records as unknown[], shard, sequential).length;

@@ -48,7 +48,8 @@ export class PickleCheckpointError extends Error {
   }
 }
 
-function exists(path: string): boolean {
+/** Whether a path exists (a permission or I/O error is thrown, not taken as absence). */
+export function exists(path: string): boolean {
   try {
     Deno.statSync(path);
     return true;

@@ -1,7 +1,7 @@
 // The Deno edge of model loading: a Hugging Face model folder on disk (config.json, safetensors single or
 // sharded, vocab.json + merges.txt or tokenizer.json). Browsers load the same pieces over fetch instead.
 import type { Engine } from "../engine.ts";
-import { assertNotPickle, readShardedSafetensors, writeSafetensorsFile } from "../files.ts";
+import { assertNotPickle, exists, readShardedSafetensors, writeSafetensorsFile } from "../files.ts";
 import { gpt2ConfigJson, parseGpt2Config } from "./config.ts";
 import { buildGpt2, CheckpointError } from "./load.ts";
 import type { Gpt2Model } from "./model.ts";
@@ -25,15 +25,6 @@ function readJson(path: string): unknown {
     return JSON.parse(text);
   } catch (e) {
     throw new CheckpointError(`${path}: invalid JSON (${(e as Error).message})`);
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 
