@@ -20,7 +20,7 @@ import { fmt } from "./tracing/render.ts";
 import { LAST_SUBJECT } from "./tracing/aggregate.ts";
 import { type CaseStore, summarizeFacts, traceFacts } from "./tracing/dataset.ts";
 import { FactsFormatError, type KnownFact, parseKnownFacts, parseSubjects } from "./tracing/facts.ts";
-import { type NoiseSpec, parseNoiseSpec, subjectEmbeddingStd } from "./tracing/noise.ts";
+import { DEFAULT_NOISE, type NoiseSpec, parseNoiseSpec, subjectEmbeddingStd } from "./tracing/noise.ts";
 import {
   factsAnsi,
   factsFiles,
@@ -31,7 +31,6 @@ import {
   severedText,
   traceAnsi,
   traceFiles,
-  type TraceRecord,
   type TraceRunInfo,
 } from "./tracing/report.ts";
 import {
@@ -41,8 +40,8 @@ import {
   severedTrace,
   TRACE_KINDS,
   type TraceKind,
-  traceKind,
 } from "./tracing/trace.ts";
+import { traceHeader, traceRecords } from "./tracing/prompt.ts";
 import { resolve } from "node:path";
 import type { Tensor } from "./engine/tensor.ts";
 import { checkLayer } from "./rome/compute.ts";
@@ -80,12 +79,16 @@ import {
   type SecondMomentCheckpoint,
   secondMomentMatrix,
   secondMomentStats,
+  shippedStatsFile,
   splitCorpus,
   statsCacheName,
   StatsError,
+  statsFitModel,
   StatsInterrupted,
+  uploadSecondMoment,
 } from "./rome/stats.ts";
 import { generateContextTemplates, parseContextTemplates } from "./rome/templates.ts";
+import { type CounterFactCase, counterFactEdit } from "./rome/cases.ts";
 
 /** A mistake in how the command was called: printed as one line, exit code 2. */
 export class UsageError extends Error {
@@ -721,8 +724,7 @@ const DEFAULT_EDIT_CASE = 0;
 /** Text the statistics C are taken over unless --corpus says otherwise: the bundled model's training corpus. */
 const DEFAULT_STATS_CORPUS = fileURLToPath(new URL("./data/world/corpus.txt", import.meta.url));
 /** Shipped statistics inside a model folder, checked before the cache: `<model>/stats/layer<L>.safetensors`. */
-export const shippedStatsPath = (dir: string, layer: number) =>
-  join(dir, "stats", `layer${layer}.safetensors`);
+export const shippedStatsPath = (dir: string, layer: number) => join(dir, shippedStatsFile(layer));
 /** Checkpoints of an interrupted statistics run are saved at most this often. */
 const STATS_CHECKPOINT_SECONDS = 30;
 
@@ -892,23 +894,9 @@ export interface LayerStatsOptions {
   signal?: AbortSignal;
 }
 
-async function uploadStats(
-  model: Gpt2Model,
-  mom2: Float32Array,
-  count: number,
-  where: string,
-): Promise<Tensor> {
-  const dff = model.config.nInner;
-  if (mom2.length !== dff * dff) {
-    throw new UsageError(
-      `${where} holds a ${Math.sqrt(mom2.length)}² matrix; this model's MLP keys have d_ff = ${dff}`,
-    );
-  }
-  const e = model.engine;
-  const C = e.scope(() => e.keep(secondMomentMatrix(e.upload(mom2, [dff, dff]), count)));
-  await e.sync();
-  return C;
-}
+/** C on the GPU from Σ k kᵀ read from `where`; a matrix of the wrong width is a usage error. */
+const uploadStats = (model: Gpt2Model, mom2: Float32Array, count: number, where: string) =>
+  romeUsage(() => uploadSecondMoment(model, mom2, count, where));
 
 /**
  * C at a layer: an explicit --stats/--npz file, else the folder's shipped `stats/layer<L>.safetensors`,
@@ -941,7 +929,7 @@ export async function layerStats(
   const shipped = shippedStatsPath(o.dir, o.layer);
   if (exists(shipped)) {
     const { mom2, count, info } = decodeSecondMoment(await Deno.readFile(shipped), shipped);
-    if (info.layer === o.layer && (info.model_hash === undefined || info.model_hash === o.baseHash)) {
+    if (statsFitModel(info, o.layer, o.baseHash)) {
       const C = await uploadStats(model, mom2, count, shipped);
       const id = info.corpus_hash ? statsCacheName(o.layer, info.corpus_hash, info.samples ?? 0) : shipped;
       return {
@@ -1358,19 +1346,6 @@ const EDIT_OPTIONS = {
   list: { type: "boolean" },
 } as const;
 
-interface CounterFactRecord {
-  case_id: number;
-  requested_rewrite: {
-    prompt: string;
-    subject: string;
-    target_new: { str: string };
-    target_true: { str: string };
-  };
-  paraphrase_prompts?: string[];
-  neighborhood_prompts?: string[];
-  generation_prompts?: string[];
-}
-
 /** The request and its evaluation prompts: from --prompt/--subject/--target, or a CounterFact --case. */
 async function editRequest(
   opts: Record<string, unknown>,
@@ -1394,23 +1369,9 @@ async function editRequest(
   const file = (opts.dataset as string | undefined) ?? DEFAULT_EDIT_DATASET;
   const data = await readJsonFile(file, "dataset");
   if (!Array.isArray(data)) throw new UsageError(`dataset '${file}' is not a list of CounterFact records`);
-  const r = (data as CounterFactRecord[]).find((x) => x?.case_id === id);
+  const r = (data as CounterFactCase[]).find((x) => x?.case_id === id);
   if (!r?.requested_rewrite?.target_new) throw new UsageError(`dataset '${file}' has no case_id ${id}`);
-  const rw = r.requested_rewrite;
-  return {
-    input: {
-      prompt: rw.prompt,
-      subject: rw.subject,
-      target_new: rw.target_new.str,
-      target_true: opts["target-true"] as string | undefined ?? rw.target_true?.str,
-    },
-    caseId: id,
-    prompts: {
-      paraphrases: r.paraphrase_prompts ?? [],
-      neighbours: r.neighborhood_prompts ?? [],
-      generation: [...new Set(r.generation_prompts ?? [])].slice(0, 1),
-    },
-  };
+  return counterFactEdit(r, opts["target-true"] as string | undefined);
 }
 
 async function editLayer(
@@ -2351,7 +2312,7 @@ interface TraceCliSettings {
 function traceSettings(opts: Record<string, unknown>): TraceCliSettings {
   let noiseSpec: NoiseSpec;
   try {
-    noiseSpec = parseNoiseSpec(String(opts.noise ?? "3x"));
+    noiseSpec = parseNoiseSpec(String(opts.noise ?? DEFAULT_NOISE));
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
@@ -2522,7 +2483,8 @@ async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
     corruptedSites: sever ?? [],
   });
   try {
-    const answer = tokenizer.decode([base.answerId]);
+    const common = traceHeader(tokenizer, base, prompt, subject);
+    const { answer, tokens } = common;
     if (expect !== undefined && answer.trim() !== expect.trim() && !opts.force) {
       throw new Error(
         `the model's top-1 answer is ${JSON.stringify(answer)} (p = ${fmt(base.highScore, 3)}), not ` +
@@ -2530,17 +2492,6 @@ async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
           `prompts); pass --force to trace it anyway`,
       );
     }
-    const tokens = ids.map((id) => tokenizer.decode([id]));
-    const common = {
-      prompt,
-      subject,
-      tokens,
-      subject_range: [subjectRange[0], subjectRange[1]] as [number, number],
-      answer,
-      answer_id: base.answerId,
-      high_score: base.highScore,
-      low_score: base.lowScore,
-    };
     const info: TraceRunInfo = {
       seed: settings.seed,
       model_hash: model.hash,
@@ -2587,26 +2538,12 @@ async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
 
     const kindList = kinds as TraceKind[];
     const bar = new Progress("tracing", cellsPerKind * kindList.length, json);
-    const records: TraceRecord[] = [];
-    let traceSeconds = 0;
-    for (const [k, kind] of kindList.entries()) {
-      const r = await traceKind(base, kind, {
-        window: settings.window,
-        maxRows: settings.maxRows,
-        onProgress: (d) => bar.update(k * cellsPerKind + d, kind),
-      });
-      rows += r.rows;
-      traceSeconds += r.seconds;
-      records.push({
-        ...common,
-        kind,
-        window: settings.window,
-        samples: settings.samples,
-        noise: noise.noise,
-        seconds: r.seconds,
-        scores: r.scores,
-      });
-    }
+    const { records, rows: cellRows, seconds: traceSeconds } = await traceRecords(base, common, kindList, {
+      window: settings.window,
+      maxRows: settings.maxRows,
+      onProgress: (d, _total, kind) => bar.update(d, kind),
+    });
+    rows += cellRows;
     bar.done();
     await writeOutputs(out, await traceFiles(records, info));
     if (json) {

@@ -179,6 +179,28 @@ export function secondMomentMatrix(mom2: Tensor, count: number): Tensor {
 }
 
 /**
+ * Uploads Σ k kᵀ read from a file and returns C = mom2 / count on the GPU (the caller disposes it); refuses a
+ * matrix whose width is not this model's d_ff. `where` names the file in the error.
+ */
+export async function uploadSecondMoment(
+  model: Gpt2Model,
+  mom2: Float32Array,
+  count: number,
+  where: string,
+): Promise<Tensor> {
+  const dff = model.config.nInner;
+  if (mom2.length !== dff * dff) {
+    throw new StatsError(
+      `${where} holds a ${Math.sqrt(mom2.length)}² matrix; this model's MLP keys have d_ff = ${dff}`,
+    );
+  }
+  const e = model.engine;
+  const C = e.scope(() => e.keep(secondMomentMatrix(e.upload(mom2, [dff, dff]), count)));
+  await e.sync();
+  return C;
+}
+
+/**
  * x = C⁻¹ k by the GPU Cholesky solve; a readable error when C is singular: with fewer tokens than d_ff
  * it cannot be positive definite (say how many more are needed), otherwise suggest damping.
  */
@@ -216,6 +238,22 @@ export async function solveSecondMoment(
 /** File name of cached statistics: one per (layer, corpus, sample count) under the model hash's folder. */
 export function statsCacheName(layer: number, corpusHash: string, samples: number): string {
   return `layer${layer}_${corpusHash}_${samples}.safetensors`;
+}
+
+/**
+ * Statistics a model folder ships, relative to the folder: `stats/layer<L>.safetensors`. The CLI reads it
+ * from disk and the web page over HTTP, both before computing anything.
+ */
+export function shippedStatsFile(layer: number): string {
+  return `stats/layer${layer}.safetensors`;
+}
+
+/**
+ * Whether shipped statistics belong to this edit: taken at `layer`, and on the model `baseHash` names when
+ * the file records one (files converted from the reference's .npz do not).
+ */
+export function statsFitModel(info: Partial<StatsInfo>, layer: number, baseHash: string): boolean {
+  return info.layer === layer && (info.model_hash === undefined || info.model_hash === baseHash);
 }
 
 /** Identity of a statistics file, stored in its metadata. */

@@ -10,6 +10,9 @@ import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 /** `3x` (a multiple of σ_t, the reference's `s3`) or a plain absolute scale such as `0.1`. */
 export type NoiseSpec = { factor: number } | { absolute: number };
 
+/** The reference's noise: 3 × σ_t (the paper's ν). */
+export const DEFAULT_NOISE = "3x";
+
 /** Parses `--noise`: `<k>x` means k·σ_t, a bare number is ν itself. Throws a one-line error otherwise. */
 export function parseNoiseSpec(text: string): NoiseSpec {
   const s = text.trim();

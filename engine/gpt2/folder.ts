@@ -3,7 +3,7 @@
 import type { Engine } from "../engine.ts";
 import { assertNotPickle, exists, readShardedSafetensors, writeSafetensorsFile } from "../files.ts";
 import { gpt2ConfigJson, parseGpt2Config } from "./config.ts";
-import { buildGpt2, CheckpointError } from "./load.ts";
+import { buildGpt2, CheckpointError, checkTokenizerFits, tiedEmbeddings } from "./load.ts";
 import type { Gpt2Model } from "./model.ts";
 import { Gpt2Tokenizer } from "./tokenizer.ts";
 
@@ -57,18 +57,13 @@ export async function loadGpt2Folder(
   const config = parseGpt2Config(cfgJson, `${dir}/config.json`);
   assertNotPickle(dir);
   const tokenizer = loadTokenizer(dir);
-  if (tokenizer.vocabSize > config.vocabSize) {
-    throw new CheckpointError(
-      `${dir}: the tokenizer has ${tokenizer.vocabSize} tokens but config.json says vocab_size ${config.vocabSize}`,
-    );
-  }
+  checkTokenizerFits(tokenizer.vocabSize, config, dir);
   const st8 = await readShardedSafetensors(dir);
-  const tied = (cfgJson as Record<string, unknown>).tie_word_embeddings !== false;
   const model = buildGpt2(engine, config, {
     tensors: st8.tensors,
     read: (n) => st8.read(n),
     describe: (n) => st8.fileOf(n),
-  }, { tied, onTensor: opts.onTensor });
+  }, { tied: tiedEmbeddings(cfgJson), onTensor: opts.onTensor });
   return { dir, model, tokenizer };
 }
 

@@ -66,6 +66,20 @@ export function mapCheckpoint(config: Gpt2Config, src: TensorSource): Map<string
   return stored;
 }
 
+/** GPT-2 ties the unembedding to `wte` unless config.json says `"tie_word_embeddings": false`. */
+export function tiedEmbeddings(configJson: unknown): boolean {
+  return (configJson as Record<string, unknown>).tie_word_embeddings !== false;
+}
+
+/** A tokenizer with more tokens than the embedding has rows would index past it. */
+export function checkTokenizerFits(tokenizerVocab: number, config: Gpt2Config, where: string): void {
+  if (tokenizerVocab > config.vocabSize) {
+    throw new CheckpointError(
+      `${where}: the tokenizer has ${tokenizerVocab} tokens but config.json says vocab_size ${config.vocabSize}`,
+    );
+  }
+}
+
 /**
  * Uploads the weights. `lm_head.weight` is used only when the config unties it; GPT-2 ties the
  * unembedding to `wte` and HF checkpoints store either both (equal) or just `wte`.
