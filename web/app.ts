@@ -100,7 +100,8 @@ function drawTrace(run: TraceRun): void {
   const r0 = run.records[0];
   $("trace-summary").textContent =
     `answer ${JSON.stringify(r0.answer)}: p clean ${r0.high_score.toFixed(4)}, ` +
-    `corrupted ${r0.low_score.toFixed(4)}; noise ${run.noise.toFixed(4)} = 3 × σ_t, ${r0.samples} samples, ` +
+    `corrupted ${r0.low_score.toFixed(4)}; noise ${run.noise.toFixed(4)} (${run.noiseSpec} σ_t = ` +
+    `${run.std.toFixed(4)}), ${r0.samples} samples, ` +
     `window ${r0.window}; ${run.seconds.toFixed(1)} s` + (run.edited ? " (on the edited model)" : "");
   const figs = $("trace-figs");
   figs.innerHTML = run.records.map((r) =>

@@ -16,7 +16,7 @@ import { normalizeRequest, type RequestInput, type RomeRequest } from "../rome/r
 import { decodeSecondMoment, shippedStatsFile, statsFitModel, uploadSecondMoment } from "../rome/stats.ts";
 import { generateContextTemplates } from "../rome/templates.ts";
 import { type KnownFact, parseKnownFacts, parseSubjects } from "../tracing/facts.ts";
-import { DEFAULT_NOISE, parseNoiseSpec, subjectEmbeddingStd } from "../tracing/noise.ts";
+import { DEFAULT_NOISE, noiseScale, parseNoiseSpec, subjectEmbeddingStd } from "../tracing/noise.ts";
 import { traceHeader, traceRecords } from "../tracing/prompt.ts";
 import type { TraceRecord } from "../tracing/report.ts";
 import { BasePass, DEFAULT_SAMPLES, DEFAULT_WINDOW, TRACE_KINDS, type TraceKind } from "../tracing/trace.ts";
@@ -58,7 +58,8 @@ export interface EditRun {
 
 export interface TraceRun {
   records: TraceRecord[];
-  /** ν = factor · σ_t. */
+  /** ν, from the CLI's default noise spec (DEFAULT_NOISE, a multiple of σ_t). */
+  noiseSpec: string;
   noise: number;
   std: number;
   /** Whether the traced model carried edits. */
@@ -126,8 +127,7 @@ export class Session {
     const ids = this.tokenizer.encode(prompt);
     if (ids.length === 0) throw new Error("the prompt encodes to no tokens");
     const subjectRange = findSubjectRange(this.tokenizer, prompt, subject);
-    const spec = parseNoiseSpec(DEFAULT_NOISE);
-    const noise = "factor" in spec ? spec.factor * this.embeddingStd : spec.absolute;
+    const noise = await noiseScale(parseNoiseSpec(DEFAULT_NOISE), () => Promise.resolve(this.embeddingStd));
     const base = await BasePass.run(this.model, { ids, subjectRange }, {
       samples: DEFAULT_SAMPLES,
       noise,
@@ -141,6 +141,7 @@ export class Session {
       });
       return {
         records,
+        noiseSpec: DEFAULT_NOISE,
         noise,
         std: this.embeddingStd,
         edited: this.#edits.length > 0,
