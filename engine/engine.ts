@@ -452,9 +452,17 @@ function hostArray(dtype: DType, buf: ArrayBuffer): HostArray {
 }
 
 let defaultEngine: Promise<Engine> | undefined;
+let createdEngine: Engine | undefined;
 
 /** The process-wide engine, created on first use. */
 export function getEngine(opts?: DeviceOptions): Promise<Engine> {
-  defaultEngine ??= Engine.create(opts);
+  defaultEngine ??= Engine.create(opts).then((e) => (createdEngine = e));
   return defaultEngine;
+}
+
+/** Destroys the process-wide engine if one was created (synchronous, so it can run in an unload handler). */
+export function releaseEngine(): void {
+  createdEngine?.destroy();
+  createdEngine = undefined;
+  defaultEngine = undefined;
 }

@@ -1,5 +1,5 @@
 // Shared test helpers: a seeded RNG, float64 comparison with stated tolerances, the shared engine.
-import { Engine, getEngine } from "../engine/engine.ts";
+import { Engine, getEngine, releaseEngine } from "../engine/engine.ts";
 
 // Mesa's Vulkan loader complains on stderr without XDG_RUNTIME_DIR (cli.ts does the same for users).
 if (!Deno.env.get("XDG_RUNTIME_DIR")) {
@@ -11,6 +11,11 @@ if (!Deno.env.get("XDG_RUNTIME_DIR")) {
 export function testEngine(): Promise<Engine> {
   return getEngine();
 }
+
+// Let go of the shared device before the process exits. One CI run in four so far ended with
+// "free(): invalid pointer" after Deno's summary, with every test passed: an abort while the process tears
+// down with a live lavapipe device. Destroying the device first is an attempt to avoid that.
+globalThis.addEventListener("unload", releaseEngine);
 
 /** mulberry32: small, fast, seeded; tests must be reproducible. */
 export function rng(seed: number): () => number {
