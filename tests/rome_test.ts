@@ -232,6 +232,42 @@ Deno.test("k*: k̄ is the float64 mean of the subject-last keys over the context
   }
 });
 
+Deno.test("k* with fact_token last (the bundled model's setting): keys at each context's last token", async () => {
+  const W = randomGpt2Weights(CONFIG, 12);
+  const m = modelFrom(engine, CONFIG, W);
+  const templates = ["{}", "Then the cat sat. {}"];
+  const layer = 1;
+  // a prompt that goes on after the subject, so the last token is not the subject's
+  const request = normalizeRequest({
+    prompt: "I saw {} from the boat",
+    subject: "Eiffel Tower",
+    target_new: "the",
+  });
+  try {
+    const keys = computeKeyStar(m, tokenizer, request, templates, layer, "last");
+    const [kStar, kBare] = await engine.readMany([keys.kStar, keys.kBare]);
+    const want = new Float64Array(CONFIG.nInner);
+    let bare: Float64Array | undefined;
+    for (const [j, t] of templates.entries()) {
+      const ids = tokenizer.encode(fillTemplate(fillTemplate(t, request.prompt), request.subject));
+      const idx = ids.length - 1;
+      equal(keys.contexts[j].index, idx);
+      ok(idx !== subjectTokenIndex(tokenizer, fillTemplate(t, request.prompt), request.subject, "last"));
+      referenceForward(CONFIG, W, ids, {
+        patch: (site, l, tok, v) => {
+          if (site !== "mlpKey" || l !== layer || tok !== idx) return;
+          (v.forEach((x, i) => want[i] += x / templates.length), j === 0 && (bare = v.slice()));
+        },
+      });
+    }
+    assertClose(kStar, want, { atol: 1e-5, rtol: 1e-4 }, "k̄ at the last tokens");
+    assertClose(kBare, bare!, { atol: 1e-5, rtol: 1e-4 }, "k_bare at the last token");
+    keys.dispose();
+  } finally {
+    disposeModel(m);
+  }
+});
+
 // ------------------------------------------------------------------ statistics C
 
 Deno.test("stats: GPU Σ k kᵀ equals a float64 host sum over the same tokens (cut at n_positions)", async () => {
