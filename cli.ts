@@ -36,6 +36,7 @@ import {
 import {
   BasePass,
   DEFAULT_SAMPLES,
+  DEFAULT_TRACE_SEED,
   DEFAULT_WINDOW,
   severedTrace,
   TRACE_KINDS,
@@ -47,6 +48,7 @@ import type { Tensor } from "./engine/tensor.ts";
 import { checkLayer } from "./rome/compute.ts";
 import { executeRome, ROME_VARIANTS, type RomeEdit, type RomeVariant } from "./rome/edit.ts";
 import {
+  DEFAULT_GENERATION_TOKENS,
   evaluateRequest,
   type Evaluation,
   type EvaluationPrompts,
@@ -87,7 +89,7 @@ import {
   StatsInterrupted,
   uploadSecondMoment,
 } from "./rome/stats.ts";
-import { generateContextTemplates, parseContextTemplates } from "./rome/templates.ts";
+import { DEFAULT_TEMPLATE_SEED, generateContextTemplates, parseContextTemplates } from "./rome/templates.ts";
 import { type CounterFactCase, counterFactEdit } from "./rome/cases.ts";
 
 /** A mistake in how the command was called: printed as one line, exit code 2. */
@@ -1444,8 +1446,8 @@ async function editOnce(opts: Record<string, unknown>): Promise<void> {
   if (!ROME_VARIANTS.includes(variant)) {
     throw new UsageError(`--variant must be rome or r-rome (got '${variant}')`);
   }
-  const seed = intOption(opts, "seed", 1);
-  const maxTokens = intOption(opts, "max-tokens", 20);
+  const seed = intOption(opts, "seed", DEFAULT_TEMPLATE_SEED);
+  const maxTokens = intOption(opts, "max-tokens", DEFAULT_GENERATION_TOKENS);
   const damping = opts.damping === undefined ? 0 : Number(opts.damping);
   if (!(damping >= 0) || !Number.isFinite(damping)) {
     throw new UsageError(`--damping must be a number ≥ 0 (got '${opts.damping}')`);
@@ -2325,7 +2327,7 @@ function traceSettings(opts: Record<string, unknown>): TraceCliSettings {
   return {
     samples: intOption(opts, "samples", DEFAULT_SAMPLES, 1),
     window: intOption(opts, "window", DEFAULT_WINDOW, 1),
-    seed: intOption(opts, "seed", 1),
+    seed: intOption(opts, "seed", DEFAULT_TRACE_SEED),
     maxRows: opts["max-rows"] === undefined ? undefined : intOption(opts, "max-rows", 0, 1),
     noiseSpec,
   };

@@ -8,6 +8,8 @@ import { RomeInputError } from "./request.ts";
 
 /** Top-k of the reference's sampler (util/generate.py: generate_fast). */
 export const TEMPLATE_TOP_K = 5;
+/** Seed of the context templates when none is given (the CLI's --seed default and the page's). */
+export const DEFAULT_TEMPLATE_SEED = 1;
 
 /**
  * The templates ["{}", prefix_1 + ". {}", ...]: for each [length, count] of `lengthParams` (the

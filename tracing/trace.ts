@@ -40,6 +40,8 @@ export const KIND_SITE: Readonly<Record<TraceKind, StateSite>> = {
 export const DEFAULT_WINDOW = 10;
 /** The reference's default number of corrupted samples per prompt. */
 export const DEFAULT_SAMPLES = 10;
+/** Seed of the noise draws when none is given (the CLI's --seed default and the page's). */
+export const DEFAULT_TRACE_SEED = 1;
 
 /**
  * Layers [lo, hi) restored for a window centred at `layer`, exactly the reference's

@@ -9,17 +9,29 @@ import type { Tensor } from "../engine/tensor.ts";
 import { parseCounterFact } from "../eval/datasets.ts";
 import { type CounterFactCase, counterFactEdit } from "../rome/cases.ts";
 import { executeRome, type RomeVariant } from "../rome/edit.ts";
-import { evaluateRequest, type Evaluation, type EvaluationPrompts } from "../rome/evaluate.ts";
+import {
+  DEFAULT_GENERATION_TOKENS,
+  evaluateRequest,
+  type Evaluation,
+  type EvaluationPrompts,
+} from "../rome/evaluate.ts";
 import { defaultHparams, type RomeHparams } from "../rome/hparams.ts";
 import { xorMatrix } from "../rome/patch.ts";
 import { normalizeRequest, type RequestInput, type RomeRequest } from "../rome/request.ts";
 import { decodeSecondMoment, shippedStatsFile, statsFitModel, uploadSecondMoment } from "../rome/stats.ts";
-import { generateContextTemplates } from "../rome/templates.ts";
+import { DEFAULT_TEMPLATE_SEED, generateContextTemplates } from "../rome/templates.ts";
 import { type KnownFact, parseKnownFacts, parseSubjects } from "../tracing/facts.ts";
 import { DEFAULT_NOISE, noiseScale, parseNoiseSpec, subjectEmbeddingStd } from "../tracing/noise.ts";
 import { traceHeader, traceRecords } from "../tracing/prompt.ts";
 import type { TraceRecord } from "../tracing/report.ts";
-import { BasePass, DEFAULT_SAMPLES, DEFAULT_WINDOW, TRACE_KINDS, type TraceKind } from "../tracing/trace.ts";
+import {
+  BasePass,
+  DEFAULT_SAMPLES,
+  DEFAULT_TRACE_SEED,
+  DEFAULT_WINDOW,
+  TRACE_KINDS,
+  type TraceKind,
+} from "../tracing/trace.ts";
 import { fetchBytes, fetchJson, loadRemoteModel, MissingFileError } from "./load.ts";
 
 /** Where the server (web/serve.ts) puts the model folder and the facts world's files. */
@@ -27,10 +39,8 @@ export const MODEL_URL = "model/";
 export const KNOWN_FACTS_URL = "data/known_facts.json";
 export const COUNTERFACT_URL = "data/counterfact.json";
 
-/** The CLI's defaults for `--seed` (trace noise and context templates), `--variant` and `--max-tokens`. */
-const SEED = 1;
+/** The CLI's default `--variant` (its other defaults are imported from tracing/ and rome/). */
 const VARIANT: RomeVariant = "rome";
-const GENERATION_TOKENS = 20;
 
 export type LoadStage = "weights" | "gpu" | "facts" | "noise";
 export type LoadProgress = (stage: LoadStage, done: number, total: number) => void;
@@ -131,7 +141,7 @@ export class Session {
     const base = await BasePass.run(this.model, { ids, subjectRange }, {
       samples: DEFAULT_SAMPLES,
       noise,
-      seed: SEED,
+      seed: DEFAULT_TRACE_SEED,
     });
     try {
       const header = traceHeader(this.tokenizer, base, prompt, subject);
@@ -177,14 +187,14 @@ export class Session {
     onStage("stats");
     const stats = hp.mom2_adjustment ? await this.#secondMoment(layer) : null;
     onStage("pre");
-    const opts = { generationTokens: GENERATION_TOKENS };
+    const opts = { generationTokens: DEFAULT_GENERATION_TOKENS };
     const pre = await evaluateRequest(this.model, this.tokenizer, request, prompts, opts);
     onStage("templates");
     this.#templates ??= generateContextTemplates(
       this.model,
       this.tokenizer,
       hp.context_template_length_params,
-      SEED,
+      DEFAULT_TEMPLATE_SEED,
     );
     const templates = await this.#templates;
     const edit = await executeRome(this.model, this.tokenizer, request, {
