@@ -606,7 +606,7 @@ export function factDrillCorpus(world: string, seed: number): string {
   };
   const sentences = shuffle(
     facts.facts.flatMap((f) =>
-      templates.get(f.relation_id)!.map((t) => `${t.replace("{}", f.subject)} ${f.object}.`)
+      drillPhrasings(templates.get(f.relation_id)!).map((t) => `${t.replace("{}", f.subject)} ${f.object}.`)
     ),
   );
   // one fact per document: trained with one document per row, each fact sits where a prompt does
@@ -618,6 +618,21 @@ export function factDrillCorpus(world: string, seed: number): string {
   // ordinary sentences too (each document's first), short like the facts so rows need little padding
   docs.push(...shuffle(corpus).slice(0, Math.round(docs.length * 0.15)).map((d) => d.split(/(?<=\.) /)[0]));
   return shuffle(docs).join("\n<|endoftext|>\n") + "\n";
+}
+
+/**
+ * A relation's training phrasings as drilled: a phrasing that is a prefix of another one (P17's
+ * `{} is a city in` of `{} is a city in the country of`) is drilled once more for each phrasing that extends
+ * it. Drilled once each, the shared prefix is followed by the object as often as by the longer phrasing's next
+ * word, and the model learns that coin flip: measured, stage 3 then answered "the" on 36 of P17's 55
+ * `{} is a city in` rewrite prompts while every other template was at or near 100%.
+ */
+export function drillPhrasings(training: string[]): string[] {
+  return training.flatMap((t) => {
+    const stem = t.trimEnd();
+    const extensions = training.filter((u) => u !== t && u.startsWith(stem + " ")).length;
+    return Array(1 + extensions).fill(t);
+  });
 }
 
 const TRAIN_DEMO_USAGE = `deno task train-demo [--out DIR] [--fresh]
