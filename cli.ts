@@ -667,8 +667,9 @@ async function cmdTrainDemo(args: string[]): Promise<void> {
     fresh,
   });
   console.log(`stage 1: ${s1.steps} steps (final loss ${s1.loss.toFixed(4)})`);
-  // Two drills, not one longer one: measured on this world, stage 1 + one 258-step drill knows 77.5% of the
-  // facts (81.0% of the rewrite prompts); a second pass over a reshuffled drill corpus closes the gap.
+  // Two drills, not one longer one: measured on this world (before drillPhrasings), stage 1 + one 258-step drill
+  // knew 77.5% of the facts (81.0% of the rewrite prompts); a second pass over a reshuffled drill corpus closes
+  // the gap.
   const s2 = await drillStage(out, "drill1", `${WORLD_DIR}/drill_config.json`, `${out}/stage1`, fresh);
   console.log(`stage 2: ${s2.steps} steps (final loss ${s2.loss.toFixed(4)})`);
   const s3 = await drillStage(out, "model", `${WORLD_DIR}/drill2_config.json`, `${out}/drill1`, fresh);

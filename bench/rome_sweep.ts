@@ -33,19 +33,24 @@ const { values } = parseArgs({
 const list = (s: string) => s.split(",").map((x) => Number(x.trim()));
 const root = new URL("..", import.meta.url).pathname;
 const base = JSON.parse(Deno.readTextFileSync(values.base!));
-const tmp = Deno.makeTempDirSync({ prefix: "rome-sweep-" });
+/** Bad arguments: one line naming the problem, exit 2 (no stack trace). */
+function usageError(message: string): never {
+  console.error(`rome_sweep: ${message}`);
+  Deno.exit(2);
+}
 const from = Number(values.from);
-if (!Number.isInteger(from) || from < 0) throw new Error(`--from must be a record index, got ${values.from}`);
+if (!Number.isInteger(from) || from < 0) {
+  usageError(`--from must be a record index ≥ 0, got '${values.from}'`);
+}
 // eval takes the first --limit records of a file, so records from --from on go to a slice in the sweep's
 // temp folder (no generation tests run, so eval needs no snippets beside it)
-const dataset = from === 0 ? values.dataset! : join(tmp, "dataset.json");
-if (from > 0) {
-  const records = JSON.parse(Deno.readTextFileSync(values.dataset!)) as unknown[];
-  if (from >= records.length) {
-    throw new Error(`--from ${from}: ${values.dataset} has ${records.length} records`);
-  }
-  Deno.writeTextFileSync(dataset, JSON.stringify(records.slice(from)));
+const records = from > 0 ? JSON.parse(Deno.readTextFileSync(values.dataset!)) as unknown[] : [];
+if (from > 0 && from >= records.length) {
+  usageError(`--from ${from}: ${values.dataset} has only ${records.length} records`);
 }
+const tmp = Deno.makeTempDirSync({ prefix: "rome-sweep-" });
+const dataset = from === 0 ? values.dataset! : join(tmp, "dataset.json");
+if (from > 0) Deno.writeTextFileSync(dataset, JSON.stringify(records.slice(from)));
 
 interface Row {
   fact_token: string;

@@ -6,10 +6,10 @@ import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import { fillTemplate, RomeInputError, type RomeRequest } from "./request.ts";
 
-/** Prompts an edit is checked on (CounterFact's fields, or just the rewrite prompt). */
 /** Tokens of the greedy pre/post generations when none is given (the CLI's --max-tokens and the page's). */
 export const DEFAULT_GENERATION_TOKENS = 20;
 
+/** Prompts an edit is checked on (CounterFact's fields, or just the rewrite prompt). */
 export interface EvaluationPrompts {
   paraphrases?: readonly string[];
   neighbours?: readonly string[];
