@@ -1,5 +1,7 @@
 // Next-token distributions and text generation on a Gpt2Model. Sampling happens on the host from one
-// readback of the last positions' logits per step (one row per prompt: 200 KB for GPT-2's vocabulary).
+// readback of the last positions' logits per step (one row per prompt: 200 KB for GPT-2's vocabulary);
+// generation decodes incrementally over a KV cache (decode.ts).
+import { decodeStep, newKvCache } from "./decode.ts";
 import type { Gpt2Model } from "./model.ts";
 
 /** A seeded PRNG (mulberry32): generations are reproducible from their seed. */
@@ -67,8 +69,8 @@ export interface GenerateOptions {
 }
 
 /**
- * Continues every prompt by up to `maxTokens` tokens. Rows are batched together; each step re-runs the
- * whole (growing) prefix: GPT-2 contexts here are short and this keeps the graph free of KV caches.
+ * Continues every prompt by up to `maxTokens` tokens (stopping at the model's context). Rows are batched
+ * together over one KV cache: the prompts run once, then each step runs one token per live row.
  */
 export async function generate(
   model: Gpt2Model,
@@ -76,35 +78,53 @@ export async function generate(
   opts: GenerateOptions,
 ): Promise<number[][]> {
   if (!(opts.topK >= 1)) throw new RangeError(`top-k must be at least 1 (got ${opts.topK})`);
-  const rand = seededRandom(opts.seed);
-  const rows = prompts.map((p) => [...p]);
-  const done = rows.map(() => false);
-  const out: number[][] = rows.map(() => []);
   const ctx = model.config.nPositions;
-  for (let step = 0; step < opts.maxTokens; step++) {
-    const live = rows.map((_, i) => i).filter((i) => !done[i] && rows[i].length < ctx);
-    if (live.length === 0) break;
-    const lps = await nextTokenLogprobs(model, live.map((i) => rows[i]));
-    live.forEach((i, j) => {
-      const top = topK(lps[j], Math.max(1, Math.floor(opts.topK)));
-      let id = top[0].id;
-      if (top.length > 1) {
-        // Sample in proportion to the renormalised probabilities of the top k (HF's top-k sampling).
-        const ps = top.map((e) => Math.exp(e.logprob - top[0].logprob));
-        let u = rand() * ps.reduce((a, b) => a + b, 0);
-        for (let e = 0; e < top.length; e++) {
-          u -= ps[e];
-          if (u <= 0 || e === top.length - 1) {
-            id = top[e].id;
-            break;
-          }
-        }
-      }
-      rows[i].push(id);
-      out[i].push(id);
-      if (id === opts.stopId) done[i] = true;
-    });
-    opts.onToken?.(step + 1);
+  prompts.forEach((p, i) => {
+    if (p.length === 0) throw new RangeError(`generate: prompt ${i} has no tokens`);
+    if (p.length > ctx) {
+      throw new RangeError(
+        `generate: prompt ${i} has ${p.length} tokens, over the model's context of ${ctx}`,
+      );
+    }
+  });
+  const rand = seededRandom(opts.seed);
+  const out: number[][] = prompts.map(() => []);
+  if (prompts.length === 0 || opts.maxTokens <= 0) return out;
+  const Tmax = Math.min(ctx, Math.max(...prompts.map((p) => p.length)) + opts.maxTokens);
+  const cache = newKvCache(model, prompts.length, Tmax);
+  const V = model.config.vocabSize;
+  try {
+    // a row generates while its sequence is shorter than the context: a full-context prompt gets nothing
+    let feed: number[][] = prompts.map((p) => p.length < ctx ? [...p] : []);
+    for (let step = 0; step < opts.maxTokens; step++) {
+      const live = feed.map((f, i) => f.length > 0 ? i : -1).filter((i) => i >= 0);
+      if (live.length === 0) break;
+      const logits = decodeStep(model, cache, feed);
+      const flat = await logits.read();
+      logits.dispose();
+      feed = prompts.map(() => []);
+      live.forEach((i, j) => {
+        const id = sampleTopK(logSoftmaxRow(flat.subarray(j * V, (j + 1) * V)), opts.topK, rand);
+        out[i].push(id);
+        if (id !== opts.stopId && cache.lengths[i] + 1 < ctx) feed[i] = [id];
+      });
+      opts.onToken?.(step + 1);
+    }
+  } finally {
+    cache.dispose();
   }
   return out;
+}
+
+/** Samples in proportion to the renormalised probabilities of the k most likely tokens (HF's top-k). */
+function sampleTopK(logprobs: Float64Array, k: number, rand: () => number): number {
+  const top = topK(logprobs, Math.max(1, Math.floor(k)));
+  if (top.length === 1) return top[0].id;
+  const ps = top.map((e) => Math.exp(e.logprob - top[0].logprob));
+  let u = rand() * ps.reduce((a, b) => a + b, 0);
+  for (let e = 0; e < top.length; e++) {
+    u -= ps[e];
+    if (u <= 0) return top[e].id;
+  }
+  return top[top.length - 1].id;
 }
