@@ -15,6 +15,7 @@ const FAMILIES: Record<string, () => Promise<{ run: Bench }>> = {
   reduce: () => import("./reduce.ts"),
   attention: () => import("./attention.ts"),
   gpt2: () => import("./gpt2.ts"),
+  generate: () => import("./generate.ts"),
   trace: () => import("./trace.ts"),
   edit: () => import("./edit.ts"),
 };
