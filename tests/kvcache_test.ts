@@ -101,6 +101,7 @@ Deno.test("cached attention: bad positions, sequences and order are refused", ()
   const split: QkvCache = { ...cache, perPart: 1, parts: [cache.parts[0], cache.parts[0], cache.parts[0]] };
   throws(() => planCacheStep(engine, split, [{ seq: 2, pos: 0 }, { seq: 0, pos: 0 }]), /sequence order/);
   throws(() => allocQkvCache(engine, 1, 0, 12), /context of 0 tokens/);
+  throws(() => allocQkvCache(engine, 0, 8, 12), /0 sequences/);
   cache.parts.forEach((t) => t.dispose());
 });
 

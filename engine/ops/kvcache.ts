@@ -5,7 +5,7 @@
 import { CACHED_MAX_T, cachedAttentionKernel } from "../../kernels/attention.ts";
 import type { Engine } from "../engine.ts";
 import type { Tensor } from "../tensor.ts";
-import { bindAll, rowChunks } from "../chunks.ts";
+import { bindAll } from "../chunks.ts";
 import { copyRows } from "./copy.ts";
 
 /** One layer's cache: sequence s lives in parts[⌊s / perPart⌋] at rows (s mod perPart)·Tmax + t. */
@@ -23,10 +23,21 @@ export function allocQkvCache(e: Engine, sequences: number, Tmax: number, width:
     throw new RangeError(`KV cache: context of ${Tmax} tokens outside 1..${CACHED_MAX_T}`);
   }
   if (width % 3 !== 0) throw new RangeError(`KV cache: row width ${width} is not 3·C`);
-  const seqBytes = Tmax * width * 4;
-  const chunks = rowChunks(e, sequences, [seqBytes], "KV cache");
-  const perPart = chunks[0][1] - chunks[0][0];
-  const parts = chunks.map(([s0, s1]) => e.keep(e.zeros([(s1 - s0) * Tmax, width])));
+  if (!Number.isInteger(sequences) || sequences < 1) {
+    throw new RangeError(`KV cache: ${sequences} sequences (need at least one)`);
+  }
+  // each part is a tensor of its own (offset 0), so whole sequences fill it up to the binding limit
+  const seqBytes = Tmax * width * 4, max = e.limits.maxBindingBytes;
+  const perPart = Math.min(sequences, Math.floor(max / seqBytes));
+  if (perPart < 1) {
+    throw new RangeError(
+      `KV cache: one sequence of ${Tmax} tokens needs ${seqBytes} bytes, over the device's ${max}-byte storage binding`,
+    );
+  }
+  const parts: Tensor[] = [];
+  for (let s0 = 0; s0 < sequences; s0 += perPart) {
+    parts.push(e.keep(e.zeros([(Math.min(sequences, s0 + perPart) - s0) * Tmax, width])));
+  }
   return { parts, perPart, Tmax, width };
 }
 
