@@ -1,12 +1,12 @@
 // Incremental decoding: the GPT-2 graph over new tokens only, against a KV cache of every earlier token's
 // c_attn output. A step costs one token per sequence instead of the whole prefix (generation was ~40 s a
-// CounterFact case on lavapipe re-running 10 prefixes for 100 steps). It runs the plain graph: no hooks.
-import { add, gatherRows, gelu, layerNorm, matmul, selectRows } from "../ops.ts";
+// CounterFact case on lavapipe re-running 10 prefixes for 100 steps). The blocks are Gpt2Model's own, with
+// attention through the cache; no hooks.
+import { add, gatherRows, selectRows } from "../ops.ts";
 import {
   allocQkvCache,
   cachedAttention,
   type CachePos,
-  type CacheStep,
   planCacheStep,
   type QkvCache,
   writeQkv,
@@ -79,31 +79,16 @@ export function decodeStep(model: Gpt2Model, cache: KvCache, tokens: readonly (r
       gatherRows(model.w("wpe.weight"), e.upload(positions, [ids.length], "u32")),
     );
     for (let l = 0; l < c.nLayer; l++) {
-      const prev = x;
-      x = e.scope(() => block(model, cache.layers[l], l, prev, step));
+      const prev = x, layer = cache.layers[l];
+      const attend = (qkv: Tensor) => {
+        writeQkv(layer, qkv, step);
+        return cachedAttention(e, layer, step, c.nHead);
+      };
+      x = e.scope(() => model.block(l, prev, attend));
       prev.dispose();
     }
-    const hf = layerNorm(
-      selectRows(x, e.upload(Uint32Array.from(last), [last.length], "u32")),
-      model.w("ln_f.weight"),
-      model.w("ln_f.bias"),
-      c.layerNormEps,
-    );
-    const unembed = model.weights.get("lm_head.weight") ?? model.w("wte.weight");
-    return matmul(hf, unembed, { transB: true });
+    return model.logitsOf(selectRows(x, e.upload(Uint32Array.from(last), [last.length], "u32")));
   });
   tokens.forEach((row, seq) => cache.lengths[seq] += row.length);
   return logits;
-}
-
-/** Block l over the new tokens (the same graph as Gpt2Model's block, attention through the cache). */
-function block(model: Gpt2Model, cache: QkvCache, l: number, x: Tensor, step: CacheStep): Tensor {
-  const c = model.config, p = `h.${l}.`, w = (n: string) => model.w(p + n);
-  const h1 = layerNorm(x, w("ln_1.weight"), w("ln_1.bias"), c.layerNormEps);
-  writeQkv(cache, matmul(h1, w("attn.c_attn.weight"), { bias: w("attn.c_attn.bias") }), step);
-  const heads = cachedAttention(model.engine, cache, step, c.nHead);
-  x = add(x, matmul(heads, w("attn.c_proj.weight"), { bias: w("attn.c_proj.bias") }));
-  const h2 = layerNorm(x, w("ln_2.weight"), w("ln_2.bias"), c.layerNormEps);
-  const k = gelu(matmul(h2, w("mlp.c_fc.weight"), { bias: w("mlp.c_fc.bias") }));
-  return add(x, matmul(k, w("mlp.c_proj.weight"), { bias: w("mlp.c_proj.bias") }));
 }

@@ -156,7 +156,9 @@ export class Gpt2Model {
         // One scope per block: its intermediates go back to the pool as soon as the block is done (the
         // tape keeps its own handles on what a backward needs), so a forward holds ~one block at a time.
         const prev = x;
-        x = e.scope(() => this.#block(l, prev, B, T, lengthsT, at));
+        const attend = (qkv: Tensor) =>
+          reshape(attention(reshape(qkv, [B, T, 3 * c.nEmbd]), lengthsT, c.nHead), [B * T, c.nEmbd]);
+        x = e.scope(() => this.block(l, prev, attend, at));
         if (prev !== opts.start?.resid) prev.dispose();
       }
       if (positions.length === 0) return { logits: undefined };
@@ -164,27 +166,28 @@ export class Gpt2Model {
         x,
         e.upload(Uint32Array.from(positions.map(([r, t]) => r * T + t)), [positions.length], "u32"),
       );
-      const hf = layerNorm(last, this.w("ln_f.weight"), this.w("ln_f.bias"), c.layerNormEps);
-      const unembed = this.weights.get("lm_head.weight") ?? this.w("wte.weight");
-      return { logits: matmul(hf, unembed, { transB: true }) };
+      return { logits: this.logitsOf(last) };
     });
     for (const t of captures.values()) e.keep(t);
     return { logits: result.logits, positions, captures, lengths, T };
   }
 
-  /** Block `l`: x + attn(ln_1(x)), then + mlp(ln_2(·)), with the hook sites applied on the way. */
-  #block(
+  /**
+   * Block `l` over rows x [n, d]: x + attn(ln_1(x)), then + mlp(ln_2(·)), with the hook sites applied on
+   * the way. `attend` maps the rows' c_attn output [n, 3d] to the merged heads [n, d]: causal attention over
+   * the padded batch in `forward`, attention through a KV cache in incremental decoding (decode.ts).
+   */
+  block(
     l: number,
     x: Tensor,
-    B: number,
-    T: number,
-    lengthsT: Tensor,
-    at: (site: Site, layer: number, x: Tensor) => Tensor,
+    attend: (qkv: Tensor) => Tensor,
+    at: (site: Site, layer: number, x: Tensor) => Tensor = (_s, _l, v) => v,
   ): Tensor {
     const c = this.config, p = `h.${l}.`;
     const h1 = layerNorm(x, this.w(p + "ln_1.weight"), this.w(p + "ln_1.bias"), c.layerNormEps);
-    const qkv = matmul(h1, this.w(p + "attn.c_attn.weight"), { bias: this.w(p + "attn.c_attn.bias") });
-    const heads = reshape(attention(reshape(qkv, [B, T, 3 * c.nEmbd]), lengthsT, c.nHead), [B * T, c.nEmbd]);
+    const heads = attend(
+      matmul(h1, this.w(p + "attn.c_attn.weight"), { bias: this.w(p + "attn.c_attn.bias") }),
+    );
     let a = matmul(heads, this.w(p + "attn.c_proj.weight"), { bias: this.w(p + "attn.c_proj.bias") });
     a = at("attn", l, a);
     x = add(x, a);
@@ -195,6 +198,13 @@ export class Gpt2Model {
     m = at("mlp", l, m);
     x = add(x, m);
     return at("resid", l, x);
+  }
+
+  /** Logits [n, vocab] of final residual rows [n, d]: ln_f, then the (tied) unembedding. */
+  logitsOf(x: Tensor): Tensor {
+    const hf = layerNorm(x, this.w("ln_f.weight"), this.w("ln_f.bias"), this.config.layerNormEps);
+    const unembed = this.weights.get("lm_head.weight") ?? this.w("wte.weight");
+    return matmul(hf, unembed, { transB: true });
   }
 
   /** Applies the hooks of one site in order; returns the (possibly new) site tensor. */
