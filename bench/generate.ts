@@ -5,7 +5,7 @@
 // weights, 1 prompt of 8 tokens, 32 new tokens).
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
-import { generate, logSoftmaxRow, topK } from "../engine/gpt2/generate.ts";
+import { generate, nextTokenLogprobs, topK } from "../engine/gpt2/generate.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { GPT2_SMALL } from "./gpt2.ts";
 import { randomGpt2Model } from "./util.ts";
@@ -19,15 +19,12 @@ async function fullPrefixGreedy(
   maxTokens: number,
 ): Promise<number[][]> {
   const rows = prompts.map((p) => [...p]), out: number[][] = prompts.map(() => []);
-  const V = model.config.vocabSize;
   for (let step = 0; step < maxTokens; step++) {
     const live = rows.map((_, i) => i).filter((i) => rows[i].length < model.config.nPositions);
     if (live.length === 0) break;
-    const { logits } = model.forward(live.map((i) => rows[i]), { logits: "last" });
-    const flat = await logits!.read();
-    logits!.dispose();
+    const lps = await nextTokenLogprobs(model, live.map((i) => rows[i]));
     live.forEach((i, j) => {
-      const id = topK(logSoftmaxRow(flat.subarray(j * V, (j + 1) * V)), 1)[0].id;
+      const id = topK(lps[j], 1)[0].id;
       rows[i].push(id);
       out[i].push(id);
     });

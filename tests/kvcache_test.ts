@@ -11,7 +11,7 @@ import {
 import { buildGpt2 } from "../engine/gpt2/load.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { decodeStep, newKvCache } from "../engine/gpt2/decode.ts";
-import { generate, logSoftmaxRow, seededRandom, topK } from "../engine/gpt2/generate.ts";
+import { generate, nextTokenLogprobs, seededRandom, topK } from "../engine/gpt2/generate.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
 import { TINY_CONFIG } from "./fixtures.ts";
@@ -156,11 +156,9 @@ Deno.test("generate: the cached path gives the tokens of re-running the whole pr
     for (let step = 0; step < maxTokens; step++) {
       const live = rows.map((_, i) => i).filter((i) => rows[i].length < c.nPositions);
       if (live.length === 0) break;
-      const { logits } = model.forward(live.map((i) => rows[i]), { logits: "last" });
-      const flat = await logits!.read();
-      logits!.dispose();
+      const lps = await nextTokenLogprobs(model, live.map((i) => rows[i]));
       live.forEach((i, j) => {
-        const top = topK(logSoftmaxRow(flat.subarray(j * c.vocabSize, (j + 1) * c.vocabSize)), topk);
+        const top = topK(lps[j], topk);
         let id = top[0].id;
         if (top.length > 1) {
           const ps = top.map((e) => Math.exp(e.logprob - top[0].logprob));
