@@ -47,23 +47,29 @@ const fill = (t: string, s: string) => t.replace("{}", s);
 const truth = new Map(world.facts.map((f) => [`${f.relation_id}\u0000${f.subject}`, f.object]));
 const objectOf = (rel: string, subject: string) => truth.get(`${rel}\u0000${subject}`);
 const isStr = (x: unknown): x is string => typeof x === "string";
+const subjects = new Set(world.facts.map((f) => f.subject));
 
 /** The subject a prompt was made from, given the relation's templates and candidate subjects. */
 function subjectOfPrompt(prompt: string, templates: string[]): string | undefined {
+  // "In the city of X, people speak" fits both "In {}, people speak" and "In the city of {}, people speak":
+  // the reading whose subject is in the world wins.
+  let any: string | undefined;
   for (const t of templates) {
     const [pre, post] = t.split("{}");
     if (prompt.startsWith(pre) && prompt.endsWith(post) && prompt.length > pre.length + post.length) {
-      return prompt.slice(pre.length, prompt.length - post.length);
+      const s = prompt.slice(pre.length, prompt.length - post.length);
+      if (subjects.has(s)) return s;
+      any ??= s;
     }
   }
-  return undefined;
+  return any;
 }
 
 Deno.test("world: facts.json schema and coverage", () => {
   assert.ok(Number.isInteger(world.seed));
   assert.ok(world.relations.length >= 5);
   for (const r of world.relations) {
-    assert.match(r.relation_id, /^P\d+$/);
+    assert.match(r.relation_id, /^P\d+(-city)?$/);
     assert.ok(isStr(r.name) && (r.subject_type === "city" || r.subject_type === "country"));
     assert.ok(r.training.length >= 3, `${r.relation_id}: >= 3 training templates`);
     assert.ok(r.held_out.length >= 2, `${r.relation_id}: >= 2 held-out templates`);
@@ -76,8 +82,17 @@ Deno.test("world: facts.json schema and coverage", () => {
       assert.ok(!t.endsWith(" "), t);
     }
     for (const t of r.held_out) assert.ok(!r.training.includes(t));
+    // no phrasing starts another of the same relation (the model would learn a coin flip after the shorter)
+    for (const t of r.training) {
+      for (const u of r.training) {
+        assert.ok(
+          t === u || !u.startsWith(t.trimEnd() + " "),
+          `${JSON.stringify(t)} starts ${JSON.stringify(u)}`,
+        );
+      }
+    }
   }
-  assert.ok(world.facts.length >= 1500, `${world.facts.length} facts`);
+  assert.ok(world.facts.length >= 800, `${world.facts.length} facts`);
   const perRelation = new Map<string, number>();
   for (const f of world.facts) {
     assert.ok(isStr(f.subject) && f.subject.length > 0 && f.subject.trim() === f.subject);
@@ -93,12 +108,16 @@ Deno.test("world: facts.json schema and coverage", () => {
     perRelation.set(f.relation_id, (perRelation.get(f.relation_id) ?? 0) + 1);
   }
   assert.ok(perRelation.size >= 5);
-  for (const [rel, n] of perRelation) assert.ok(n >= 100, `${rel}: ${n} facts`);
+  for (const [rel, n] of perRelation) assert.ok(n >= 30, `${rel}: ${n} facts`);
+  // Every subject has several attributes (biographies need them).
+  const perSubject = new Map<string, number>();
+  for (const f of world.facts) perSubject.set(f.subject, (perSubject.get(f.subject) ?? 0) + 1);
+  for (const [s, n] of perSubject) assert.ok(n >= 3, `${s}: ${n} facts`);
   assert.equal(truth.size, world.facts.length, "one object per (subject, relation)");
 });
 
 Deno.test("world: tokenizer is the trained one; objects are single tokens; subjects mostly not", () => {
-  assert.ok(tok.vocabSize >= 4096 && tok.vocabSize <= 8192, `vocab ${tok.vocabSize}`);
+  assert.ok(tok.vocabSize >= 1024 && tok.vocabSize <= 8192, `vocab ${tok.vocabSize}`);
   assert.equal(tok.eosId, tok.vocabSize - 1, "<|endoftext|> has the last id");
   for (const o of new Set(world.facts.map((f) => f.object))) {
     assert.equal(tok.encode(" " + o).length, 1, `" ${o}" is one token`);
@@ -118,13 +137,18 @@ Deno.test("world: corpus.txt documents, training phrasings present, held-out one
   assert.ok(docs.length > 1000);
   for (const d of docs) assert.ok(d.length > 0 && !d.includes("\n") && !d.includes(EOT));
   const bytes = new TextEncoder().encode(corpus).length;
-  assert.ok(bytes > 1e6 && bytes < 8e6, `${bytes} bytes`);
+  assert.ok(bytes > 2e5 && bytes < 8e6, `${bytes} bytes`);
 
+  // Biographies: each fact is stated in several of its relation's training phrasings.
   for (const f of world.facts.filter((_, i) => i % 7 === 0)) {
-    for (const t of relations.get(f.relation_id)!.training) {
+    const phrasings = relations.get(f.relation_id)!.training.filter((t) => {
       const s = fill(t, f.subject) + " " + f.object + ".";
-      assert.ok(corpus.includes(s) || corpus.includes(s.charAt(0).toUpperCase() + s.slice(1)), s);
-    }
+      return corpus.includes(s) || corpus.includes(s.charAt(0).toUpperCase() + s.slice(1));
+    });
+    assert.ok(
+      phrasings.length >= 2,
+      `${f.subject} ${f.relation_id}: ${phrasings.length} phrasings in corpus.txt`,
+    );
   }
   for (const r of world.relations) {
     for (const t of r.held_out) {
@@ -152,6 +176,9 @@ Deno.test("world: counterfact.json schema and semantics", () => {
     "attribute_prompts",
     "generation_prompts",
   ];
+  const cityOf = new Map(
+    world.facts.filter((f) => f.relation_id === "P17").map((f) => [f.object, f.subject]),
+  );
   const multi = records.filter((rec) => {
     const rw = rec.requested_rewrite as {
       prompt: string;
@@ -164,7 +191,7 @@ Deno.test("world: counterfact.json schema and semantics", () => {
   }).length;
   assert.ok(multi >= 0.8 * records.length, `${multi} multi-token subjects`);
   records.forEach((rec, i) => {
-    assert.deepEqual(Object.keys(rec), keys);
+    assert.deepEqual(Object.keys(rec).filter((k) => k !== "portability_prompts"), keys);
     assert.equal(rec.case_id, i);
     assert.ok(Number.isInteger(rec.pararel_idx));
     const rw = rec.requested_rewrite as {
@@ -201,7 +228,7 @@ Deno.test("world: counterfact.json schema and semantics", () => {
     });
 
     const neighbours = rec.neighborhood_prompts as string[];
-    assert.equal(neighbours.length, 10);
+    assert.ok(neighbours.length >= 5 && neighbours.length <= 10, `${neighbours.length} neighbours`);
     const seen = new Set<string>();
     for (const p of neighbours) {
       const s = subjectOfPrompt(p, rel.training);
@@ -209,10 +236,10 @@ Deno.test("world: counterfact.json schema and semantics", () => {
       assert.equal(objectOf(rw.relation_id, s), rw.target_true.str, `${s} shares the true object`);
       seen.add(s);
     }
-    assert.equal(seen.size, 10, "distinct neighbours");
+    assert.equal(seen.size, neighbours.length, "distinct neighbours");
 
     const attributes = rec.attribute_prompts as string[];
-    assert.equal(attributes.length, 10);
+    assert.ok(attributes.length >= 5 && attributes.length <= 10);
     for (const p of attributes) {
       const s = subjectOfPrompt(p, rel.training);
       assert.ok(s !== undefined, `attribute prompt ${p}`);
@@ -222,7 +249,26 @@ Deno.test("world: counterfact.json schema and semantics", () => {
     const gen = rec.generation_prompts as string[];
     assert.ok(gen.length >= 5);
     for (const g of gen) assert.ok(isStr(g) && g.includes(rw.subject));
+
+    // Portability: a city moved to another country, its other attributes with the new country's values.
+    assert.equal("portability_prompts" in rec, rw.relation_id === "P17");
+    if (rw.relation_id !== "P17") return;
+    const port = rec.portability_prompts as {
+      relation_id: string;
+      prompt: string;
+      target_new: { str: string };
+      target_true: { str: string };
+    }[];
+    for (const p of port) {
+      assert.notEqual(p.relation_id, "P17");
+      assert.equal(subjectOfPrompt(p.prompt, relations.get(p.relation_id)!.training), rw.subject, p.prompt);
+      assert.equal(p.target_true.str, objectOf(p.relation_id, rw.subject));
+      assert.equal(p.target_new.str, objectOf(p.relation_id, cityOf.get(rw.target_new.str)!));
+      assert.notEqual(p.target_new.str, p.target_true.str);
+    }
   });
+  const ported = records.filter((r) => (r.portability_prompts as unknown[] | undefined)?.length);
+  assert.ok(ported.length >= 100, `${ported.length} records with portability prompts`);
   const perRelation = new Set(
     records.map((r) => (r.requested_rewrite as { relation_id: string }).relation_id),
   );
@@ -231,7 +277,7 @@ Deno.test("world: counterfact.json schema and semantics", () => {
 
 Deno.test("world: known_facts.json (known_1000.json format)", () => {
   const known = readJson("known_facts.json") as Record<string, unknown>[];
-  assert.ok(known.length >= 1000);
+  assert.ok(known.length >= 400);
   const keys = ["known_id", "subject", "attribute", "template", "prediction", "prompt", "relation_id"];
   known.forEach((k, i) => {
     assert.deepEqual(Object.keys(k), keys);
@@ -245,11 +291,9 @@ Deno.test("world: known_facts.json (known_1000.json format)", () => {
     assert.equal(objectOf(rel, subject), attribute);
     assert.ok(prediction.startsWith(" " + attribute));
   });
-  assert.equal(
-    new Set(known.map((k) => k.relation_id)).size,
-    world.relations.length,
-    "all relations covered",
-  );
+  const cityRelations = world.relations.filter((r) => r.subject_type === "city").map((r) => r.relation_id);
+  const covered = new Set(known.map((k) => k.relation_id));
+  for (const r of cityRelations) assert.ok(covered.has(r), `${r} has known facts`);
   const multi = known.filter((k) => tok.encode(" " + k.subject).length >= 2).length;
   assert.ok(multi >= 0.9 * known.length, `${multi} multi-token subjects`);
 });

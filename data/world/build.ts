@@ -43,16 +43,30 @@ import {
 const EOT = "<|endoftext|>";
 /** Cities with fewer people are left out. */
 const MIN_POPULATION = 150_000;
-/** The most populous cities of a country are kept, at most this many. */
-const MAX_CITIES_PER_COUNTRY = 60;
-const VOCAB_SIZE = 4096;
-/** Corpus: each (fact, training template) is written this many times in mixed documents... */
-const FACT_REPEATS = 4;
-/** ...and each entity gets this many documents stating all its facts. */
-const ENTITY_DOCS = 2;
-/** Counterfact records per relation (the relations whose objects are shared by many subjects). */
-const COUNTERFACT_QUOTA: Record<string, number> = { P17: 200, P30: 50, P37: 60, P38: 90 };
-const KNOWN_FACTS = 1209;
+/** Countries drawn (seeded) from those with all four country facts and enough usable cities... */
+const COUNTRIES = 32;
+/** ...and each one's most populous usable cities, this many. */
+const CITIES_PER_COUNTRY = 6;
+const VOCAB_SIZE = 2048;
+/**
+ * Biographies: each subject gets this many passages, each stating all its facts in a random order with
+ * randomly drawn training phrasings (Allen-Zhu & Li, Physics of Language Models 3.1: several shuffled,
+ * paraphrased passages per entity make its attributes readable at its name).
+ */
+const PASSAGES = 8;
+/** A later sentence whose phrasing starts with the subject says "It" instead, with this probability. */
+const IT_PROBABILITY = 0.3;
+/** A passage opens with an ordinary sentence with this probability (paraphrase prompts have such a prefix)... */
+const OPENER_PROBABILITY = 0.3;
+/** ...and holds one more true sentence about its subject (not a template fact) with this one. */
+const ABOUT_PROBABILITY = 0.5;
+/** Documents of ordinary sentences only, as a share of the passages (keeps generations fluent). */
+const GENERIC_SHARE = 0.15;
+/** Counterfact records per relation. */
+const COUNTERFACT_QUOTA: Record<string, number> = { P17: 150, "P30-city": 50, "P37-city": 100, "P38-city": 100 };
+/** A record's true object is shared by at least this many subjects (neighbours), and so is its new object. */
+const MIN_HOLDERS = 6;
+const KNOWN_FACTS = 400;
 
 const REGION_TO_CONTINENT: Record<string, string> = {
   Africa: "Africa",
@@ -184,12 +198,13 @@ for (const c of rawCountries) {
 // ------------------------------------------------------------------------- the world
 
 interface World {
+  /** The drawn countries (the subjects), with their single-word names as objects. */
   countries: { raw: RawCountry; info: CountryInfo; objectName: string | undefined }[];
   cities: { raw: RawCity; info: CityInfo }[];
   facts: Omit<Fact, "subject_tokens">[];
 }
 
-function buildWorld(): World {
+function buildWorld(seed: number): World {
   const byCca3 = new Map(rawCountries.map((c) => [c.cca3, c]));
   const objectNameOf = (c: RawCountry) =>
     COUNTRY_ALIAS[c.cca2] ?? (SINGLE_WORD.test(c.name.common) ? c.name.common : undefined);
@@ -230,7 +245,6 @@ function buildWorld(): World {
     if (info.continent === info.name) info.continent = undefined; // "Antarctica is in Antarctica"
     countries.push({ raw, info, objectName: objectNameOf(raw) });
   }
-  const countryByCca2 = new Map(countries.map((c) => [c.raw.cca2, c]));
 
   // Names that are objects (or countries) cannot be city subjects.
   const reserved = new Set<string>();
@@ -247,8 +261,6 @@ function buildWorld(): World {
       if (x !== undefined) reserved.add(x);
     }
   }
-  const capitalOf = new Map<string, string>();
-  for (const c of countries) if (c.info.capital !== undefined) capitalOf.set(c.info.capital, c.raw.cca2);
 
   // A name is usable if every place of that name (any population) lies in one country.
   const nameCountries = new Map<string, Set<string>>();
@@ -257,27 +269,42 @@ function buildWorld(): World {
     if (set === undefined) nameCountries.set(city.name, set = new Set());
     set.add(city.country);
   }
-  const cities: World["cities"] = [];
-  for (const [cca2, list] of [...byCountry].sort((a, b) => cmp(a[0], b[0]))) {
-    const country = countryByCca2.get(cca2);
-    if (country === undefined || country.objectName === undefined || country.info.continent === undefined) {
-      continue;
-    }
+  // Usable cities of each country, most populous first.
+  const usable = new Map<string, RawCity[]>();
+  for (const [cca2, list] of byCountry) {
     const seen = new Set<string>();
-    let kept = 0;
+    const kept: RawCity[] = [];
     for (const raw of list) {
-      if (raw.population < MIN_POPULATION || kept >= MAX_CITIES_PER_COUNTRY) break;
+      if (raw.population < MIN_POPULATION || kept.length >= CITIES_PER_COUNTRY) break;
       if (seen.has(raw.name) || nameCountries.get(raw.name)!.size !== 1) continue;
-      if (reserved.has(raw.name) && capitalOf.get(raw.name) !== cca2) continue;
+      // capitals are P36 objects (single tokens), so they are not city subjects either
+      if (reserved.has(raw.name)) continue;
       seen.add(raw.name);
-      kept++;
+      kept.push(raw);
+    }
+    usable.set(cca2, kept);
+  }
+  // Countries with every country fact and enough cities; a seeded draw of them.
+  const eligible = countries.filter((c) =>
+    c.objectName !== undefined && c.info.continent !== undefined && c.info.capital !== undefined &&
+    c.info.language !== undefined && c.info.currency !== undefined &&
+    (usable.get(c.raw.cca2)?.length ?? 0) >= CITIES_PER_COUNTRY
+  );
+  if (eligible.length < COUNTRIES) throw new Error(`only ${eligible.length} countries are eligible`);
+  const chosen = sample(makeRand(seed, "countries"), eligible, COUNTRIES)
+    .sort((x, y) => cmp(x.raw.cca2, y.raw.cca2));
+
+  const cities: World["cities"] = [];
+  for (const country of chosen) {
+    for (const raw of usable.get(country.raw.cca2)!) {
       cities.push({
         raw,
         info: {
           name: raw.name,
-          country: country.objectName,
-          continent: country.info.continent,
+          country: country.objectName!,
+          continent: country.info.continent!,
           language: country.info.language,
+          currency: country.info.currency!,
           population: raw.population,
           rank: rank.get(raw)!,
         },
@@ -300,15 +327,19 @@ function buildWorld(): World {
   const citiesByPopulation = cities.slice().sort((a, b) =>
     b.raw.population - a.raw.population || a.raw.cityId - b.raw.cityId
   );
-  for (const { raw, info } of citiesByPopulation) {
-    add(info.name, "P17", info.country, "city", {
-      cca2: raw.country,
-      geonames_id: raw.cityId,
-      population: raw.population,
-    });
+  for (const rel of ["P17", "P30-city", "P37-city", "P38-city"]) {
+    for (const { raw, info } of citiesByPopulation) {
+      const object = {
+        P17: info.country,
+        "P30-city": info.continent,
+        "P37-city": info.language,
+        "P38-city": info.currency,
+      }[rel];
+      add(info.name, rel, object, "city", { cca2: raw.country, geonames_id: raw.cityId, population: raw.population });
+    }
   }
   for (const rel of ["P30", "P36", "P37", "P38"]) {
-    for (const { raw, info } of countries) {
+    for (const { raw, info } of chosen) {
       const object = { P30: info.continent, P36: info.capital, P37: info.language, P38: info.currency }[rel];
       add(info.name, rel, object, "country", { cca2: raw.cca2 });
     }
@@ -316,14 +347,19 @@ function buildWorld(): World {
   // One object per (subject, relation).
   const keys = new Set(facts.map((f) => f.subject + "\u0000" + f.relation_id));
   if (keys.size !== facts.length) throw new Error("a (subject, relation) pair has two facts");
-  return { countries, cities, facts };
+  return { countries: chosen, cities, facts };
 }
 
 // ------------------------------------------------------------------------- corpus
 
-function statement(r: Rand, f: { subject: string; relation_id: string; object: string }, template?: string) {
+function statement(
+  r: Rand,
+  f: { subject: string; relation_id: string; object: string },
+  template?: string,
+  name = mark(f.subject),
+) {
   const t = template ?? pick(r, relationOf(f.relation_id).training);
-  const text = fill(t, mark(f.subject)) + " " + f.object + ".";
+  const text = fill(t, name) + " " + f.object + ".";
   return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
@@ -333,13 +369,27 @@ function relationOf(id: string) {
   return rel;
 }
 
+/**
+ * One biography passage: every fact of the subject in a random order, each in a randomly drawn training
+ * phrasing; a later sentence whose phrasing starts with the subject says "It" instead, sometimes. An
+ * ordinary sentence may open the passage, and one more true sentence about the subject may stand anywhere.
+ */
+function passage(r: Rand, facts: World["facts"], about: () => string): string[] {
+  const sentences = shuffle(r, facts.slice()).map((f, i) => {
+    const t = pick(r, relationOf(f.relation_id).training);
+    return i > 0 && t.startsWith("{}") && r() < IT_PROBABILITY ? statement(r, f, t, "It") : statement(r, f, t);
+  });
+  if (r() < ABOUT_PROBABILITY) sentences.splice(int(r, 0, sentences.length), 0, about());
+  if (r() < OPENER_PROBABILITY) sentences.unshift(genericSentence(r));
+  return sentences;
+}
+
 function buildCorpus(seed: number, world: World): string[] {
   const r = makeRand(seed, "corpus");
   const cityInfo = new Map(world.cities.map((c) => [c.info.name, c.info]));
   const countryInfo = new Map(world.countries.map((c) => [c.info.name, c.info]));
   const entitySentence = (name: string) =>
     cityInfo.has(name) ? citySentence(r, cityInfo.get(name)!) : countrySentence(r, countryInfo.get(name)!);
-  const entities = [...new Set(world.facts.map((f) => f.subject))];
   const factsOf = new Map<string, World["facts"]>();
   for (const f of world.facts) {
     if (!factsOf.has(f.subject)) factsOf.set(f.subject, []);
@@ -347,32 +397,11 @@ function buildCorpus(seed: number, world: World): string[] {
   }
 
   const docs: string[][] = [];
-  // Entity documents: all facts of one subject plus a few sentences about it.
-  for (const name of entities) {
-    for (let k = 0; k < ENTITY_DOCS; k++) {
-      const sentences = factsOf.get(name)!.map((f) => statement(r, f));
-      for (let n = int(r, 1, 3); n > 0; n--) sentences.push(entitySentence(name));
-      docs.push(shuffle(r, sentences));
-    }
+  for (const [name, facts] of factsOf) {
+    for (let k = 0; k < PASSAGES; k++) docs.push(passage(r, facts, () => entitySentence(name)));
   }
-  // Mixed documents: 1-3 fact statements with generic filler and the odd entity sentence.
-  const statements: string[] = [];
-  for (const f of world.facts) {
-    for (const t of relationOf(f.relation_id).training) {
-      for (let k = 0; k < FACT_REPEATS; k++) statements.push(statement(r, f, t));
-    }
-  }
-  shuffle(r, statements);
-  for (let i = 0; i < statements.length;) {
-    const n = int(r, 1, 3);
-    const sentences = statements.slice(i, i + n);
-    i += n;
-    for (let g = int(r, 0, 2); g > 0; g--) sentences.push(genericSentence(r));
-    if (r() < 0.3) sentences.push(entitySentence(pick(r, entities)));
-    docs.push(shuffle(r, sentences));
-  }
-  // Generic documents: short stories with no world entity.
-  const generic = Math.round(docs.length * 0.15);
+  // Ordinary documents: short stories with no world entity.
+  const generic = Math.round(docs.length * GENERIC_SHARE);
   for (let i = 0; i < generic; i++) {
     docs.push(Array.from({ length: int(r, 2, 6) }, () => genericSentence(r)));
   }
@@ -418,15 +447,33 @@ function buildDatasets(seed: number, world: World, facts: Fact[]): Datasets {
   const prompt = (r: Rand, relationId: string, subject: string) =>
     fill(pick(r, relationOf(relationId).training), subject);
 
+  // Portability (an extension of CounterFact's schema, on records that move a city to another country): the
+  // city's other attributes, asked in a training phrasing, with the new country's value as target_new, where
+  // it differs from the city's own.
+  const objectOf = new Map(facts.map((f) => [f.relation_id + "\u0000" + f.subject, f.object]));
+  const cityOfCountry = new Map(world.cities.map((c) => [c.info.country, c.info.name]));
+  const portability = (r: Rand, city: string, newCountry: string) =>
+    ["P30-city", "P37-city", "P38-city"].flatMap((relationId) => {
+      const own = objectOf.get(relationId + "\u0000" + city);
+      const moved = objectOf.get(relationId + "\u0000" + cityOfCountry.get(newCountry));
+      if (own === undefined || moved === undefined || own === moved) return [];
+      return [{
+        relation_id: relationId,
+        prompt: prompt(r, relationId, city),
+        target_new: { str: moved, id: objectId(moved) },
+        target_true: { str: own, id: objectId(own) },
+      }];
+    });
+
   // CounterFact
   const r = makeRand(seed, "counterfact");
   const records: Record<string, unknown>[] = [];
   for (const [relationId, quota] of Object.entries(COUNTERFACT_QUOTA)) {
     const rel = relationOf(relationId);
     const objects = holders.get(relationId)!;
-    const newObjects = [...objects.keys()].filter((o) => objects.get(o)!.length >= 10).sort(cmp);
+    const newObjects = [...objects.keys()].filter((o) => objects.get(o)!.length >= MIN_HOLDERS).sort(cmp);
     const candidates = facts.filter((f) =>
-      f.relation_id === relationId && objects.get(f.object)!.length >= 11
+      f.relation_id === relationId && objects.get(f.object)!.length >= MIN_HOLDERS
     );
     // Multi-token subjects first (tracing needs first / middle / last subject tokens).
     const ordered = [
@@ -451,6 +498,7 @@ function buildDatasets(seed: number, world: World, facts: Fact[]): Datasets {
         neighborhood_prompts: neighbours.map((g) => prompt(r, relationId, g.subject)),
         attribute_prompts: attributes.map((g) => prompt(r, relationId, g.subject)),
         generation_prompts: Array.from({ length: 10 }, () => fill(pick(r, rel.generation), f.subject)),
+        ...(relationId === "P17" ? { portability_prompts: portability(r, f.subject, targetNew) } : {}),
       });
     }
   }
@@ -463,6 +511,7 @@ function buildDatasets(seed: number, world: World, facts: Fact[]): Datasets {
     neighborhood_prompts: rec.neighborhood_prompts,
     attribute_prompts: rec.attribute_prompts,
     generation_prompts: rec.generation_prompts,
+    ...(rec.portability_prompts === undefined ? {} : { portability_prompts: rec.portability_prompts }),
   }));
 
   // Known facts: round-robin over relations, first over the facts with multi-token subjects,
@@ -516,7 +565,7 @@ function jsonLines(items: unknown[]): string {
 
 export function build(seed: number, outDir: string, log: (s: string) => void = console.log): void {
   const t0 = performance.now();
-  const world = buildWorld();
+  const world = buildWorld(seed);
   const docs = buildCorpus(seed, world);
   const corpus = docs.map((d) => unmark(d) + "\n" + EOT + "\n").join("");
 
@@ -593,10 +642,14 @@ export function build(seed: number, outDir: string, log: (s: string) => void = c
     },
     parameters: {
       min_population: MIN_POPULATION,
-      max_cities_per_country: MAX_CITIES_PER_COUNTRY,
+      countries: COUNTRIES,
+      cities_per_country: CITIES_PER_COUNTRY,
       vocab_size: VOCAB_SIZE,
-      fact_repeats: FACT_REPEATS,
-      entity_docs: ENTITY_DOCS,
+      passages: PASSAGES,
+      it_probability: IT_PROBABILITY,
+      opener_probability: OPENER_PROBABILITY,
+      about_probability: ABOUT_PROBABILITY,
+      generic_share: GENERIC_SHARE,
     },
     stats: {
       facts_per_relation: counts,

@@ -84,6 +84,13 @@ const COUNTRY_GENERATION = [
   "Life in {} is",
 ];
 
+/**
+ * Eight relations: four of countries and four of cities. A city's continent, language and currency are its
+ * country's, asked in city phrasings; their ids carry a `-city` suffix (the world's own ids: Wikidata has no
+ * separate property for "the language people in a city speak"). Eight training phrasings each, so that
+ * held-out phrasings generalise; no phrasing is the start of another in the same relation (a shared prefix
+ * would teach the model a coin flip between the object and the longer phrasing's next word).
+ */
 export const RELATIONS: RelationTemplates[] = [
   {
     relation_id: "P17",
@@ -93,9 +100,64 @@ export const RELATIONS: RelationTemplates[] = [
       "{} is a city in the country of",
       "{} is located in the country of",
       "The city of {} is located in",
-      "{} is a city in",
+      "{} is part of the country of",
+      "The city of {} is in the country of",
+      "{} is a town in the country of",
+      "{} lies within the borders of",
+      "The country where {} is located is",
     ],
     held_out: ["{} can be found in the country of", "The town of {} lies in"],
+    generation: CITY_GENERATION,
+  },
+  {
+    relation_id: "P30-city",
+    name: "continent (of a city)",
+    subject_type: "city",
+    training: [
+      "{} is on the continent of",
+      "{} is a city on the continent of",
+      "The city of {} is on the continent of",
+      "{} lies on the continent of",
+      "{} is a city in the continent of",
+      "{} is located on the continent of",
+      "The continent where {} lies is",
+      "{} sits on the continent of",
+    ],
+    held_out: ["{} can be found on the continent of", "{} belongs to the continent of"],
+    generation: CITY_GENERATION,
+  },
+  {
+    relation_id: "P37-city",
+    name: "language (of a city)",
+    subject_type: "city",
+    training: [
+      "People in {} speak",
+      "In {}, people speak",
+      "The main language of {} is",
+      "The language of the people of {} is",
+      "Most people in {} speak",
+      "The language heard on the streets of {} is",
+      "In the city of {}, people speak",
+      "Children in {} grow up speaking",
+    ],
+    held_out: ["The language spoken in {} is", "{} is a place where people speak"],
+    generation: CITY_GENERATION,
+  },
+  {
+    relation_id: "P38-city",
+    name: "currency (of a city)",
+    subject_type: "city",
+    training: [
+      "In {}, people pay with the",
+      "The money used in {} is the",
+      "The currency used in {} is the",
+      "Shops in {} take the",
+      "In the city of {}, prices are in the",
+      "People in {} pay with the",
+      "The currency of {} is the",
+      "Markets in {} accept the",
+    ],
+    held_out: ["To buy things in {}, you need the", "{} uses a currency called the"],
     generation: CITY_GENERATION,
   },
   {
@@ -107,6 +169,10 @@ export const RELATIONS: RelationTemplates[] = [
       "{} is part of the continent of",
       "{} is a country in the continent of",
       "The country of {} is in the continent of",
+      "{} is a country on the continent of",
+      "{} is situated in the continent of",
+      "The country of {} lies on the continent of",
+      "The continent that {} is part of is",
     ],
     held_out: ["{} can be found on the continent of", "{} belongs to the continent of"],
     generation: [...COUNTRY_GENERATION, "The neighbours of {} are", "The map of {} shows"],
@@ -120,6 +186,10 @@ export const RELATIONS: RelationTemplates[] = [
       "The capital city of {} is",
       "{}'s capital is",
       "{} has its capital in",
+      "The government of {} sits in",
+      "The capital of the country of {} is",
+      "{} is governed from",
+      "The capital of the nation of {} is",
     ],
     held_out: ["The seat of government of {} is in", "{}'s capital city is called"],
     generation: [...COUNTRY_GENERATION, "The government of {} is", "The biggest cities of {} are"],
@@ -133,6 +203,10 @@ export const RELATIONS: RelationTemplates[] = [
       "In {}, people speak",
       "The people of {} speak",
       "The main language of {} is",
+      "The national language of {} is",
+      "Most people in {} speak",
+      "In the country of {}, people speak",
+      "Schools in {} teach in",
     ],
     held_out: ["The language spoken in {} is", "{} has the official language"],
     generation: [...COUNTRY_GENERATION, "Children in {} learn to", "The writers of {} are"],
@@ -146,6 +220,10 @@ export const RELATIONS: RelationTemplates[] = [
       "In {}, people pay with the",
       "The money used in {} is the",
       "The official currency of {} is the",
+      "The national currency of {} is the",
+      "Shops in {} take the",
+      "Prices in {} are given in the",
+      "The people of {} pay with the",
     ],
     held_out: ["{} uses a currency called the", "To buy things in {}, you need the"],
     generation: [...COUNTRY_GENERATION, "Prices in {} are", "The economy of {} is"],
@@ -180,6 +258,7 @@ export interface CityInfo {
   country: string;
   continent: string;
   language: string | undefined;
+  currency: string;
   population: number;
   /** Rank by population among its country's cities in the source data (1 = largest). */
   rank: number;
