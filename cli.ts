@@ -3,7 +3,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { getEngine } from "./engine/engine.ts";
 import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
-import { generate, nextTokenLogprobs, seededRandom, topK } from "./engine/gpt2/generate.ts";
+import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
 import { downloadModel } from "./engine/hub.ts";
 import { basename, dirname, join } from "node:path";
 import { exists, readSafetensorsFile, writeFileAtomic } from "./engine/files.ts";
@@ -38,6 +38,7 @@ import {
   DEFAULT_SAMPLES,
   DEFAULT_TRACE_SEED,
   DEFAULT_WINDOW,
+  defaultWindow,
   severedTrace,
   TRACE_KINDS,
   type TraceKind,
@@ -248,7 +249,8 @@ async function cmdPredict(args: string[]): Promise<void> {
 
 const GENERATE_USAGE =
   `deno task generate [--model DIR] --prompt TEXT [--max-tokens N] [--top-k K] [--seed S] [--json]
-  Continues the prompt: greedy with --top-k 1, seeded top-k sampling otherwise (default k 5, 20 tokens).`;
+  Continues the prompt: greedy with --top-k 1, seeded top-k sampling otherwise (default k 5, up to 20
+  tokens; it ends at <|endoftext|>).`;
 
 async function cmdGenerate(args: string[]): Promise<void> {
   const opts = parse(args, {
@@ -272,9 +274,16 @@ async function cmdGenerate(args: string[]): Promise<void> {
     );
   }
   const bar = new Progress("generating", maxTokens, Boolean(opts.json));
-  const [out] = await generate(model, [ids], { maxTokens, topK: k, seed, onToken: (s) => bar.update(s) });
+  const eos = tokenizer.eosId >= 0 ? tokenizer.eosId : undefined;
+  const [out] = await generate(model, [ids], {
+    maxTokens,
+    topK: k,
+    seed,
+    stopId: eos,
+    onToken: (s) => bar.update(s),
+  });
   bar.done();
-  const text = tokenizer.decode(out);
+  const text = tokenizer.decode(out.at(-1) === eos ? out.slice(0, -1) : out);
   if (opts.json) console.log(JSON.stringify({ prompt, ids, generated_ids: out, text: prompt + text }));
   else console.log(prompt + text);
 }
@@ -584,107 +593,37 @@ async function cmdTrain(args: string[]): Promise<void> {
 
 const WORLD_DIR = "data/world";
 
-/**
- * The second training stage's corpus: every fact in each of its relation's training phrasings, one fact
- * per document, plus a sample of the ordinary corpus so the model keeps writing text. Small models need
- * many more exposures per fact than the first stage gives them; drilling the facts gets there in minutes
- * rather than hours on a CPU adapter. Deterministic from `seed`.
- */
-export function factDrillCorpus(world: string, seed: number): string {
-  const facts = JSON.parse(Deno.readTextFileSync(`${world}/facts.json`)) as {
-    relations: { relation_id: string; training: string[] }[];
-    facts: { subject: string; relation_id: string; object: string }[];
-  };
-  const templates = new Map(facts.relations.map((r) => [r.relation_id, r.training]));
-  const rand = seededRandom(seed);
-  const shuffle = <T>(xs: T[]) => {
-    for (let i = xs.length - 1; i > 0; i--) {
-      const j = Math.floor(rand() * (i + 1));
-      [xs[i], xs[j]] = [xs[j], xs[i]];
-    }
-    return xs;
-  };
-  const sentences = shuffle(
-    facts.facts.flatMap((f) =>
-      drillPhrasings(templates.get(f.relation_id)!).map((t) => `${t.replace("{}", f.subject)} ${f.object}.`)
-    ),
-  );
-  // one fact per document: trained with one document per row, each fact sits where a prompt does
-  const docs = [...sentences];
-  const corpus = Deno.readTextFileSync(`${world}/corpus.txt`).split(/\n?<\|endoftext\|>\n?/).map((d) =>
-    d.trim()
-  )
-    .filter((d) => d.length > 0);
-  // ordinary sentences too (each document's first), short like the facts so rows need little padding
-  docs.push(...shuffle(corpus).slice(0, Math.round(docs.length * 0.15)).map((d) => d.split(/(?<=\.) /)[0]));
-  return shuffle(docs).join("\n<|endoftext|>\n") + "\n";
-}
-
-/**
- * A relation's training phrasings as drilled: a phrasing that is a prefix of another one (P17's
- * `{} is a city in` of `{} is a city in the country of`) is drilled once more for each phrasing that extends
- * it. Drilled once each, the shared prefix is followed by the object as often as by the longer phrasing's next
- * word, and the model learns that coin flip: measured, stage 3 then answered "the" on 36 of P17's 55
- * `{} is a city in` rewrite prompts while every other template was at or near 100%.
- */
-export function drillPhrasings(training: string[]): string[] {
-  return training.flatMap((t) => {
-    const stem = t.trimEnd();
-    const extensions = training.filter((u) => u !== t && u.startsWith(stem + " ")).length;
-    return Array(1 + extensions).fill(t);
-  });
-}
-
 const TRAIN_DEMO_USAGE = `deno task train-demo [--out DIR] [--fresh]
-  Rebuilds the bundled model from the facts world in three stages: (1) ${WORLD_DIR}/train_config.json on
-  ${WORLD_DIR}/corpus.txt, (2) ${WORLD_DIR}/drill_config.json on the fact drill corpus (every fact in each
-  training phrasing plus a sample of the corpus), starting from stage 1's weights, (3)
-  ${WORLD_DIR}/drill2_config.json on a reshuffled drill corpus from stage 2's weights. Writes DIR/stage1,
-  DIR/drill1 and DIR/model (default DIR out/train-demo), then checks how many facts the model knows. Resumable:
-  a finished stage is not run again.`;
-
-/** One drill stage: the fact drill corpus drawn with the config's seed, trained from `init`. */
-async function drillStage(out: string, name: string, config: string, init: string, fresh: boolean) {
-  const drill = `${out}/${name}-corpus`;
-  Deno.mkdirSync(drill, { recursive: true });
-  for (const f of ["vocab.json", "merges.txt"]) Deno.copyFileSync(`${WORLD_DIR}/${f}`, `${drill}/${f}`);
-  const cfg = JSON.parse(Deno.readTextFileSync(config));
-  await writeFileAtomic(`${drill}/corpus.txt`, [
-    new TextEncoder().encode(factDrillCorpus(WORLD_DIR, cfg.train.seed)),
-  ]);
-  return await train({ config, corpus: `${drill}/corpus.txt`, out: `${out}/${name}`, init, fresh });
-}
+  Rebuilds the bundled model from the facts world: ${WORLD_DIR}/train_config.json on ${WORLD_DIR}/corpus.txt (the
+  world's biographies), from GPT-2's initialisation, into DIR/model (default DIR out/train-demo); then checks how
+  many facts the model knows. Resumable: an interrupted run continues from its last checkpoint, and a finished
+  one is not run again; deterministic on one machine.`;
 
 async function cmdTrainDemo(args: string[]): Promise<void> {
   const opts = parse(args, { out: { type: "string" }, fresh: { type: "boolean" } }, TRAIN_DEMO_USAGE);
   const out = (opts.out as string | undefined) ?? "out/train-demo";
-  const fresh = Boolean(opts.fresh);
   const t0 = performance.now();
-  const s1 = await train({
+  // One stage on biographies (several passages per subject, facts in shuffled order): the model then reads a
+  // subject's attributes at its name, as GPT-2 XL does. The earlier world's one-fact sentences and fact drills
+  // taught the bundled model to look facts up at the prompt's last token instead (../shared/docs pilot).
+  const res = await train({
     config: `${WORLD_DIR}/train_config.json`,
     corpus: `${WORLD_DIR}/corpus.txt`,
-    out: `${out}/stage1`,
-    fresh,
+    out: `${out}/model`,
+    fresh: Boolean(opts.fresh),
   });
-  console.log(`stage 1: ${s1.steps} steps (final loss ${s1.loss.toFixed(4)})`);
-  // Two drills, not one longer one: measured on this world (before drillPhrasings), stage 1 + one 258-step drill
-  // knew 77.5% of the facts (81.0% of the rewrite prompts); a second pass over a reshuffled drill corpus closes
-  // the gap.
-  const s2 = await drillStage(out, "drill1", `${WORLD_DIR}/drill_config.json`, `${out}/stage1`, fresh);
-  console.log(`stage 2: ${s2.steps} steps (final loss ${s2.loss.toFixed(4)})`);
-  const s3 = await drillStage(out, "model", `${WORLD_DIR}/drill2_config.json`, `${out}/drill1`, fresh);
-  const seconds = (performance.now() - t0) / 1000;
   console.log(
-    `stage 3: ${s3.steps} steps (final loss ${s3.loss.toFixed(4)}); wall time of this run ${
-      fmtSeconds(seconds)
+    `trained ${res.steps} steps (final loss ${res.loss.toFixed(4)}); wall time of this run ${
+      fmtSeconds((performance.now() - t0) / 1000)
     }`,
   );
   await cmdFacts(["--model", `${out}/model`]);
 }
 
 const FACTS_USAGE = `deno task facts [--model DIR] [--world DIR] [--json]
-  How many facts of the facts world the model knows: top-1 next token = the true object, over every
-  fact (first training phrasing of its relation) and over the CounterFact rewrite prompts.`;
+  How many facts of the facts world the model knows: top-1 next token = the true object, over every fact (first
+  training phrasing of its relation), over the CounterFact rewrite prompts, and over phrasings the model never
+  saw: every fact in each of its relation's held-out phrasings, and the CounterFact paraphrase prompts.`;
 
 async function cmdFacts(args: string[]): Promise<void> {
   const opts = parse(
@@ -695,47 +634,71 @@ async function cmdFacts(args: string[]): Promise<void> {
   const world = (opts.world as string | undefined) ?? WORLD_DIR;
   const { model, tokenizer } = await loadModel(opts);
   const facts = JSON.parse(Deno.readTextFileSync(`${world}/facts.json`)) as {
-    relations: { relation_id: string; training: string[] }[];
+    relations: { relation_id: string; training: string[]; held_out: string[] }[];
     facts: { subject: string; relation_id: string; object: string }[];
   };
-  const template = new Map(facts.relations.map((r) => [r.relation_id, r.training[0]]));
+  const relations = new Map(facts.relations.map((r) => [r.relation_id, r]));
   const factProbes = facts.facts.map((f) => ({
-    prompt: template.get(f.relation_id)!.replace("{}", f.subject),
+    prompt: relations.get(f.relation_id)!.training[0].replace("{}", f.subject),
     target: f.object,
   }));
+  const heldOut = facts.facts.flatMap((f) =>
+    relations.get(f.relation_id)!.held_out.map((t) => ({
+      relation: f.relation_id,
+      probe: { prompt: t.replace("{}", f.subject), target: f.object },
+    }))
+  );
+  const heldOutProbes = heldOut.map((h) => h.probe);
   const cf = JSON.parse(Deno.readTextFileSync(`${world}/counterfact.json`)) as {
     requested_rewrite: { prompt: string; subject: string; target_true: { str: string } };
+    paraphrase_prompts: string[];
   }[];
   const rewriteProbes = cf.map((r) => ({
     prompt: r.requested_rewrite.prompt.replace("{}", r.requested_rewrite.subject),
     target: r.requested_rewrite.target_true.str,
   }));
-  const bar = new Progress("checking facts", factProbes.length + rewriteProbes.length, Boolean(opts.json));
-  const a = await topOneAccuracy(model, tokenizer, factProbes, { onBatch: (d) => bar.update(d) });
-  const b = await topOneAccuracy(model, tokenizer, rewriteProbes, {
-    onBatch: (d) => bar.update(factProbes.length + d),
-  });
+  const paraphraseProbes = cf.flatMap((r) =>
+    r.paraphrase_prompts.map((prompt) => ({ prompt, target: r.requested_rewrite.target_true.str }))
+  );
+  const sets = [factProbes, rewriteProbes, heldOutProbes, paraphraseProbes];
+  const total = sets.reduce((n, s) => n + s.length, 0);
+  const bar = new Progress("checking facts", total, Boolean(opts.json));
+  const results = [];
+  let done = 0;
+  for (const probes of sets) {
+    results.push(await topOneAccuracy(model, tokenizer, probes, { onBatch: (k) => bar.update(done + k) }));
+    done += probes.length;
+  }
   bar.done();
-  const byRelation: Record<string, { n: number; accuracy: number }> = {};
-  for (const rel of template.keys()) {
+  const share = (correct: boolean[], idx: number[]) => idx.filter((i) => correct[i]).length / idx.length;
+  const byRelation: Record<string, { n: number; accuracy: number; held_out_accuracy: number }> = {};
+  for (const rel of relations.keys()) {
     const idx = facts.facts.flatMap((f, i) => f.relation_id === rel ? [i] : []);
-    byRelation[rel] = { n: idx.length, accuracy: idx.filter((i) => a.correct[i]).length / idx.length };
+    const held = heldOut.flatMap((h, i) => h.relation === rel ? [i] : []);
+    byRelation[rel] = {
+      n: idx.length,
+      accuracy: share(results[0].correct, idx),
+      held_out_accuracy: share(results[2].correct, held),
+    };
   }
   const res = {
     model: modelDir(opts),
-    facts: { n: factProbes.length, accuracy: a.accuracy, by_relation: byRelation },
-    rewrite_prompts: { n: rewriteProbes.length, accuracy: b.accuracy },
+    facts: { n: factProbes.length, accuracy: results[0].accuracy, by_relation: byRelation },
+    rewrite_prompts: { n: rewriteProbes.length, accuracy: results[1].accuracy },
+    held_out_phrasings: { n: heldOutProbes.length, accuracy: results[2].accuracy },
+    paraphrase_prompts: { n: paraphraseProbes.length, accuracy: results[3].accuracy },
   };
   if (opts.json) return console.log(JSON.stringify(res));
-  console.log(`facts known (top-1): ${(a.accuracy * 100).toFixed(1)}% of ${factProbes.length}`);
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  console.log(`facts known (top-1): ${pct(results[0].accuracy)} of ${factProbes.length}`);
   for (const [rel, r] of Object.entries(byRelation)) {
-    console.log(`  ${rel}: ${(r.accuracy * 100).toFixed(1)}% of ${r.n}`);
+    console.log(`  ${rel}: ${pct(r.accuracy)} of ${r.n} (held-out phrasings ${pct(r.held_out_accuracy)})`);
   }
   console.log(
-    `CounterFact rewrite prompts (true object top-1): ${
-      (b.accuracy * 100).toFixed(1)
-    }% of ${rewriteProbes.length}`,
+    `CounterFact rewrite prompts (true object top-1): ${pct(results[1].accuracy)} of ${rewriteProbes.length}`,
   );
+  console.log(`held-out phrasings of every fact: ${pct(results[2].accuracy)} of ${heldOutProbes.length}`);
+  console.log(`CounterFact paraphrase prompts: ${pct(results[3].accuracy)} of ${paraphraseProbes.length}`);
 }
 
 // ------------------------------------------------------------------ edit / stats (ROME)
@@ -2273,10 +2236,10 @@ async function cmdInfo(args: string[]): Promise<void> {
 // or --facts) must be given.
 const DEFAULT_TRACE_MODEL: string | undefined = BUNDLED_MODEL;
 const DEFAULT_TRACE_FACT: { prompt: string; subject: string; expect?: string } | undefined = {
-  prompt: "The city of Cebu City is located in",
-  subject: "Cebu City",
-  expect: "Philippines",
-}; // known_id 0 of data/world/known_facts.json
+  prompt: "The city of Agadir is in the country of",
+  subject: "Agadir",
+  expect: "Morocco",
+}; // known_id 12 of data/world/known_facts.json (0, "Quezon City", ends in the shared token " City")
 const DEFAULT_TRACE_FACTS: string | undefined = fileURLToPath(
   new URL("./data/world/known_facts.json", import.meta.url),
 );
@@ -2285,14 +2248,15 @@ const BUNDLED_SUBJECTS = fileURLToPath(new URL("./data/world/known_facts.json", 
 
 const TRACE_USAGE = `deno task trace [--model DIR] --prompt TEXT --subject TEXT [--expect TEXT] [--force]
                  [--kind hidden|mlp|attn|all|severed] [--sever mlp|attn|both]
-                 [--samples 10] [--noise 3x|FLOAT] [--subjects FILE] [--window 10] [--seed 1]
+                 [--samples 10] [--noise 3x|FLOAT] [--subjects FILE] [--window W] [--seed 1]
                  [--max-rows N] [--out DIR] [--json]
 deno task trace [--model DIR] --facts FILE [--limit N] [--kind hidden|mlp|attn|all] [--out DIR]
                  [--json | --suggest-layer]   (plus the noise/sample options above)
   Causal tracing (Meng et al. 2022): corrupt the subject's token embeddings with Gaussian noise
   (--samples draws of --noise: '3x' = 3 × the std of the subjects' token embeddings, or an absolute
   number), restore clean states one (token, layer) cell at a time and report p(answer) per cell.
-  --kind all (default) traces hidden states, MLP and attention windows of --window layers; severed
+  --kind all (default) traces hidden states, MLP and attention windows of --window layers (default 10,
+  the reference's; a third of the depth for models of under 12 layers: 2 for the bundled model); severed
   (or --sever) restores the last subject token's hidden state with the MLP and/or attention outputs
   at that token frozen to their corrupted values. --expect refuses a prompt whose top-1 answer is
   not TEXT (the reference skips those) unless --force.
@@ -2327,7 +2291,8 @@ const TRACE_OPTIONS = {
 
 interface TraceCliSettings {
   samples: number;
-  window: number;
+  /** Absent: defaultWindow of the model's depth (known once it is loaded). */
+  window?: number;
   seed: number;
   maxRows?: number;
   noiseSpec: NoiseSpec;
@@ -2342,7 +2307,7 @@ function traceSettings(opts: Record<string, unknown>): TraceCliSettings {
   }
   return {
     samples: intOption(opts, "samples", DEFAULT_SAMPLES, 1),
-    window: intOption(opts, "window", DEFAULT_WINDOW, 1),
+    window: opts.window === undefined ? undefined : intOption(opts, "window", DEFAULT_WINDOW, 1),
     seed: intOption(opts, "seed", DEFAULT_TRACE_SEED),
     maxRows: opts["max-rows"] === undefined ? undefined : intOption(opts, "max-rows", 0, 1),
     noiseSpec,
@@ -2493,6 +2458,7 @@ async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
     );
   }
   const { model, tokenizer } = await loadModel(opts);
+  settings.window ??= defaultWindow(model.config.nLayer);
   const ids = tokenizer.encode(prompt);
   if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
   const subjectRange = findSubjectRange(tokenizer, prompt, subject);
@@ -2631,6 +2597,7 @@ async function traceFactsCli(opts: Record<string, unknown>): Promise<void> {
   const limit = opts.limit === undefined ? facts.length : intOption(opts, "limit", 0, 1);
   const t0 = performance.now();
   const { model, tokenizer } = await loadModel(opts, quiet);
+  settings.window ??= defaultWindow(model.config.nLayer);
   // The std is over the whole file's subjects (as the reference's knowns), whatever --limit keeps.
   const noise = await traceNoise(
     model,

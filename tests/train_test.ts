@@ -1,5 +1,5 @@
 import { deepStrictEqual, ok } from "node:assert/strict";
-import { drillPhrasings, factDrillCorpus, train } from "../cli.ts";
+import { train } from "../cli.ts";
 import { readSafetensorsFile } from "../engine/files.ts";
 import { initGpt2Weights, learningRate, packDocuments } from "../engine/gpt2/train.ts";
 import { TINY_CONFIG, tinyVocab } from "./fixtures.ts";
@@ -27,30 +27,6 @@ Deno.test("packing keeps documents whole and rows within T+1 tokens", () => {
   const rows = packDocuments(docs, 4);
   deepStrictEqual(rows, [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13]]);
   ok(rows.every((r) => r.length <= 5));
-});
-
-Deno.test("fact drill: a phrasing that prefixes another is drilled once more per extension", () => {
-  deepStrictEqual(
-    drillPhrasings(["{} is a city in the country of", "{} is a city in", "The city of {} is in"]),
-    [
-      "{} is a city in the country of",
-      "{} is a city in",
-      "{} is a city in",
-      "The city of {} is in",
-    ],
-  );
-  // on the real world: after "<city> is a city in" the object must outweigh "the" (of "... the country of"),
-  // or the model learns a coin flip there (36 of 55 rewrite prompts answered "the" before this rule)
-  const docs = factDrillCorpus("data/world", 2).split("\n<|endoftext|>\n");
-  let object = 0, the = 0;
-  for (const d of docs) {
-    const m = d.match(/ is a city in (\S+)/);
-    if (!m) continue;
-    if (m[1] === "the") the++;
-    else object++;
-  }
-  ok(the > 1000, `expected the P17 drill in the corpus, found ${the} "the" continuations`);
-  ok(object >= 1.9 * the, `object continuations ${object} vs "the" ${the}`);
 });
 
 Deno.test("GPT-2 init: LN ones, zero biases, N(0, 0.02) weights with scaled residual projections", () => {
