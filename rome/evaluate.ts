@@ -65,7 +65,7 @@ export async function firstTokenProbabilities(
   });
 }
 
-/** Greedy continuations of `maxTokens` tokens (all prompts in one batch per step). */
+/** Greedy continuations of up to `maxTokens` tokens, each ending at <|endoftext|> (all prompts in one batch per step). */
 export async function greedyContinuations(
   model: Gpt2Model,
   tokenizer: Gpt2Tokenizer,
@@ -74,8 +74,11 @@ export async function greedyContinuations(
 ): Promise<string[]> {
   if (prompts.length === 0 || maxTokens === 0) return prompts.map(() => "");
   const ids = prompts.map((p) => tokenizer.encode(p).slice(-(model.config.nPositions - 1)));
-  const out = await generate(model, ids, { maxTokens, topK: 1, seed: 0 });
-  return out.map((o) => tokenizer.decode(o));
+  // A continuation ends at <|endoftext|> (not printed): past it a small model writes runs of it, or a new
+  // document about something else.
+  const eos = tokenizer.eosId >= 0 ? tokenizer.eosId : undefined;
+  const out = await generate(model, ids, { maxTokens, topK: 1, seed: 0, stopId: eos });
+  return out.map((o) => tokenizer.decode(o.at(-1) === eos ? o.slice(0, -1) : o));
 }
 
 /** Probabilities on the rewrite prompt, paraphrases and neighbours, and greedy generations. */
