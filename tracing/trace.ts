@@ -38,6 +38,16 @@ export const KIND_SITE: Readonly<Record<TraceKind, StateSite>> = {
 
 /** The reference's default window of restored MLP / attention layers. */
 export const DEFAULT_WINDOW = 10;
+
+/**
+ * The window used when none is given. Deliberate difference for shallow models: the reference's 10 layers
+ * (chosen for GPT-2 XL's 48) cover every layer of a model with fewer than 12, and then every window is the
+ * same and nothing is located; there the window is a third of the depth (2 for the bundled 6-layer model, as
+ * the biography pilot traced it). GPT-2 models (12 layers and up) get the reference's 10.
+ */
+export function defaultWindow(nLayer: number): number {
+  return nLayer >= 12 ? DEFAULT_WINDOW : Math.max(1, Math.round(nLayer / 3));
+}
 /** The reference's default number of corrupted samples per prompt. */
 export const DEFAULT_SAMPLES = 10;
 /** Seed of the noise draws when none is given (the CLI's --seed default and the page's). */
@@ -527,8 +537,8 @@ export async function traceKind(
   kind: TraceKind,
   opts: TraceKindOptions = {},
 ): Promise<KindTrace> {
-  const window = opts.window ?? DEFAULT_WINDOW;
   const nLayer = base.model.config.nLayer, T = base.T;
+  const window = opts.window ?? defaultWindow(nLayer);
   const cells = kindCells(kind, T, nLayer, window);
   const t0 = performance.now();
   const r = opts.strategy === "naive"

@@ -28,7 +28,7 @@ import {
   BasePass,
   DEFAULT_SAMPLES,
   DEFAULT_TRACE_SEED,
-  DEFAULT_WINDOW,
+  defaultWindow,
   TRACE_KINDS,
   type TraceKind,
 } from "../tracing/trace.ts";
@@ -146,7 +146,7 @@ export class Session {
     try {
       const header = traceHeader(this.tokenizer, base, prompt, subject);
       const { records } = await traceRecords(base, header, TRACE_KINDS, {
-        window: DEFAULT_WINDOW,
+        window: defaultWindow(this.model.config.nLayer),
         onProgress,
       });
       return {
