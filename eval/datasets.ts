@@ -23,6 +23,20 @@ export interface CounterFactRecord {
   neighborhood_prompts: string[];
   attribute_prompts: string[];
   generation_prompts: string[];
+  /**
+   * Not in the reference's schema (the bundled world adds it to records that move a city to another country):
+   * the subject's other attributes, each with the value the new fact implies (target_new) and its own
+   * (target_true). An edit that ports rewrites these too.
+   */
+  portability_prompts?: PortabilityPrompt[];
+}
+
+export interface PortabilityPrompt {
+  relation_id?: string;
+  /** The full prompt, subject filled in. */
+  prompt: string;
+  target_new: { str: string; id?: string };
+  target_true: { str: string; id?: string };
 }
 
 /** A raw zsRE record of `zsre_mend_eval.json`. */
@@ -126,6 +140,21 @@ export function parseCounterFact(json: unknown, where: string): CounterFactRecor
     ) {
       rec[k] ??= [];
       if (!isStrings(rec[k])) bad(k, "a list of strings");
+    }
+    if (rec.portability_prompts !== undefined) {
+      if (!Array.isArray(rec.portability_prompts)) bad("portability_prompts", "a list");
+      (rec.portability_prompts as unknown[]).forEach((p, j) => {
+        const where = `portability_prompts[${j}]`;
+        if (!isObj(p) || typeof p.prompt !== "string" || p.prompt === "") {
+          bad(`${where}.prompt`, "a non-empty string");
+        }
+        for (const k of ["target_new", "target_true"]) {
+          const t = (p as Record<string, unknown>)[k];
+          if (!isObj(t) || typeof t.str !== "string" || t.str.trim() === "") {
+            bad(`${where}.${k}.str`, "a non-empty string");
+          }
+        }
+      });
     }
     return rec as unknown as CounterFactRecord;
   });

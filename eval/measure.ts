@@ -11,6 +11,7 @@ import {
   type GenerationSettings,
   perplexity,
   targetNlls,
+  targetPairNlls,
   topOneCorrect,
 } from "./probes.ts";
 import { generationEntropy, tfidfSimilarity, type TfidfVectorizer } from "./text.ts";
@@ -52,6 +53,17 @@ export async function counterFactMetrics(
     neighborhood_prompts_probs: part(2),
     attribute_prompts_probs: part(3),
   };
+  if (record.portability_prompts?.length) {
+    out.portability_prompts_probs = await targetPairNlls(
+      model,
+      tokenizer,
+      record.portability_prompts.map((p) => ({
+        prompt: p.prompt,
+        targetNew: p.target_new.str,
+        targetTrue: p.target_true.str,
+      })),
+    );
+  }
   if (!generation) return out;
   const snips = generation.snippets.get(rw.relation_id)?.get(rw.target_new.id) ?? [];
   if (snips.length === 0) {

@@ -16,6 +16,8 @@ export interface CounterFactMetrics {
   neighborhood_prompts_probs: TargetNll[];
   /** Computed and stored, not summarised (as the reference). */
   attribute_prompts_probs: TargetNll[];
+  /** The record's portability prompts (our extension; absent when it has none). */
+  portability_prompts_probs?: TargetNll[];
   /** Absent when the generation tests are skipped. */
   ngram_entropy?: number;
   reference_score?: number;
@@ -115,7 +117,7 @@ export function stat(xs: readonly number[], scale = 1): Stat {
 
 // ------------------------------------------------------------------ per-case values
 
-export const COUNTERFACT_COLUMNS = ["S", "ES", "EM", "PS", "PM", "NS", "NM", "GE", "RS"] as const;
+export const COUNTERFACT_COLUMNS = ["S", "ES", "EM", "PS", "PM", "NS", "NM", "PT", "GE", "RS"] as const;
 export type CounterFactColumn = typeof COUNTERFACT_COLUMNS[number];
 export const ZSRE_COLUMNS = ["S", "Efficacy", "Paraphrase", "Specificity"] as const;
 export type ZsreColumn = typeof ZSRE_COLUMNS[number];
@@ -150,6 +152,9 @@ export function counterFactCaseValues(m: CounterFactMetrics): Partial<Record<Cou
   put("PM", magnitude(m.paraphrase_prompts_probs, true));
   put("NS", success(m.neighborhood_prompts_probs, false));
   put("NM", magnitude(m.neighborhood_prompts_probs, false));
+  // Portability (not in the paper; the records that have portability prompts): the share of the subject's
+  // other attributes whose implied new value now beats the old one. Not part of S.
+  if (m.portability_prompts_probs?.length) put("PT", success(m.portability_prompts_probs, true));
   put("GE", m.ngram_entropy);
   put("RS", m.reference_score);
   return out;

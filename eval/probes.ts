@@ -81,14 +81,29 @@ export async function targetNlls(
   targetNew: string,
   targetTrue: string,
 ): Promise<TargetNll[]> {
-  const a = tokenizer.encode(" " + targetNew), b = tokenizer.encode(" " + targetTrue);
-  const rows = prefixes.flatMap((p) => {
-    const prefix = tokenizer.encode(p);
-    if (prefix.length === 0) throw new EvalInputError(`the prompt ${JSON.stringify(p)} has no tokens`);
-    return [{ prefix, target: a }, { prefix, target: b }];
+  return await targetPairNlls(
+    model,
+    tokenizer,
+    prefixes.map((prompt) => ({ prompt, targetNew, targetTrue })),
+  );
+}
+
+/** targetNlls with a pair of targets of each prompt's own (portability prompts ask different relations). */
+export async function targetPairNlls(
+  model: Gpt2Model,
+  tokenizer: Gpt2Tokenizer,
+  items: readonly { prompt: string; targetNew: string; targetTrue: string }[],
+): Promise<TargetNll[]> {
+  const rows = items.flatMap(({ prompt, targetNew, targetTrue }) => {
+    const prefix = tokenizer.encode(prompt);
+    if (prefix.length === 0) throw new EvalInputError(`the prompt ${JSON.stringify(prompt)} has no tokens`);
+    return [{ prefix, target: tokenizer.encode(" " + targetNew) }, {
+      prefix,
+      target: tokenizer.encode(" " + targetTrue),
+    }];
   });
   const nll = await meanContinuationNll(model, rows);
-  return prefixes.map((_, i) => ({ target_new: nll[2 * i], target_true: nll[2 * i + 1] }));
+  return items.map((_, i) => ({ target_new: nll[2 * i], target_true: nll[2 * i + 1] }));
 }
 
 export interface GenerationSettings {

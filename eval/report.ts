@@ -26,13 +26,15 @@ export interface ReportRun {
   cases: readonly CaseResult[];
 }
 
-const TABLE_NAMES: Record<string, string> = {
-  counterfact: "Editor | S | ES | EM | PS | PM | NS | NM | GE | RS",
-  zsre: "Editor | S | Efficacy | Paraphrase | Specificity",
-};
-
-const columnsOf = (kind: Summary["kind"]): readonly Column[] =>
-  kind === "zsre" ? ZSRE_COLUMNS : COUNTERFACT_COLUMNS;
+/**
+ * The columns of a kind; portability (PT, our extension) only where some summary has it, so runs on datasets
+ * without portability prompts (the real CounterFact) get the paper's columns exactly.
+ */
+const columnsOf = (kind: Summary["kind"], summaries: readonly Summary[] = []): readonly Column[] =>
+  kind === "zsre"
+    ? ZSRE_COLUMNS
+    : COUNTERFACT_COLUMNS.filter((c) => c !== "PT" || summaries.some((s) => s.post.PT || s.pre.PT));
+const summariesOf = (runs: readonly { summary: Summary }[]) => runs.map((r) => r.summary);
 
 /** "mean (ci)" with one decimal, as the paper's tables; S has no interval; absent columns are "–". */
 export function cell(row: SummaryRow, col: Column): string {
@@ -75,8 +77,8 @@ export function tableRows(runs: readonly ReportRun[]): { label: string; n: numbe
 export function markdownTable(runs: readonly ReportRun[]): string {
   if (runs.length === 0) return "(no cases)\n";
   const kind = runs[0].summary.kind;
-  const cols = columnsOf(kind);
-  const head = `| ${TABLE_NAMES[kind]} | n |`;
+  const cols = columnsOf(kind, summariesOf(runs));
+  const head = `| Editor | ${cols.join(" | ")} | n |`;
   const rule = `|${"---|".repeat(cols.length + 2)}`;
   const lines = tableRows(runs).map((r) =>
     `| ${r.label} | ${cols.map((c) => cell(r.row, c)).join(" | ")} | ${r.n} |`
@@ -88,7 +90,7 @@ export function markdownTable(runs: readonly ReportRun[]): string {
 export function textTable(runs: readonly ReportRun[]): string {
   if (runs.length === 0) return "(no cases)\n";
   const kind = runs[0].summary.kind;
-  const cols = columnsOf(kind);
+  const cols = columnsOf(kind, summariesOf(runs));
   const rows = tableRows(runs);
   const grid = [
     ["", ...cols, "n"],
@@ -101,7 +103,7 @@ export function textTable(runs: readonly ReportRun[]): string {
 }
 
 /**
- * The `--json` record: {method, n, summary: {S, ES, EM, PS, PM, NS, NM, GE, RS}, pre: {...}} with the
+ * The `--json` record: {method, n, summary: {S, ES, EM, PS, PM, NS, NM, [PT,] GE, RS}, pre: {...}} with the
  * paper's units (×100, rounded to 2 decimals as summarize.py), plus the 95% half-widths, the mean edit
  * time and the run's settings. zsRE runs use the zsRE columns.
  */
@@ -109,15 +111,20 @@ export function jsonRecord(r: ReportRun, extra: Record<string, unknown> = {}): R
   const kind = r.summary.kind;
   const ci = (row: SummaryRow) =>
     Object.fromEntries(
-      columnsOf(kind).filter((c) => c !== "S").map((
+      cols.filter((c) => c !== "S").map((
         c,
       ) => [c, row[c] ? Math.round(row[c]!.ci95 * 100) / 100 : null]),
     );
+  const cols = columnsOf(kind, [r.summary]);
+  const means = (row: SummaryRow) => {
+    const all = roundedMeans(row, kind);
+    return Object.fromEntries(cols.map((c) => [c, all[c]]));
+  };
   return {
     method: r.run.method,
     n: r.summary.n,
-    summary: roundedMeans(r.summary.post, kind),
-    pre: roundedMeans(r.summary.pre, kind),
+    summary: means(r.summary.post),
+    pre: means(r.summary.pre),
     ci95: { summary: ci(r.summary.post), pre: ci(r.summary.pre) },
     dataset: kind,
     sequential: r.run.sequential,
@@ -340,7 +347,7 @@ export function markdownReport(runs: readonly ReportRun[], title: string): strin
   }
   for (const c of sequentialCurves(runs)) {
     const kind = c.points[0].summary.kind;
-    const cols = columnsOf(kind);
+    const cols = columnsOf(kind, summariesOf(c.points));
     out.push(
       `## ${c.method}: edits applied in sequence`,
       "",
@@ -366,7 +373,7 @@ export function markdownReport(runs: readonly ReportRun[], title: string): strin
 /** The self-contained HTML page: the table, per-case distributions per column, and sequential curves. */
 export function htmlReport(runs: readonly ReportRun[], title: string): string {
   const kind = runs[0]?.summary.kind ?? "counterfact";
-  const cols = columnsOf(kind).filter((c) => c !== "S");
+  const cols = columnsOf(kind, summariesOf(runs)).filter((c) => c !== "S");
   const figures: string[] = [];
   for (const col of cols) {
     const series = [
@@ -396,7 +403,7 @@ export function htmlReport(runs: readonly ReportRun[], title: string): string {
     ));
   }
   const rows = tableRows(runs);
-  const allCols = columnsOf(kind);
+  const allCols = columnsOf(kind, summariesOf(runs));
   const table =
     `<table class="t"><tr><th>Editor</th>${allCols.map((c) => `<th>${c}</th>`).join("")}<th>n</th></tr>` +
     rows.map((r) =>

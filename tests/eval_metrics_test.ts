@@ -447,3 +447,31 @@ Deno.test("reports: paper column names with 95% intervals, --json record shape, 
   );
   match(html, /after N edits in sequence/);
 });
+
+Deno.test("portability (PT): the share of ported attributes, a column only where records have them", () => {
+  const base = {
+    rewrite_prompts_probs: [nll(1, 3)],
+    paraphrase_prompts_probs: [nll(1, 3)],
+    neighborhood_prompts_probs: [nll(3, 1)],
+    attribute_prompts_probs: [],
+  };
+  // case 0: 2 of 3 attributes follow the new fact; case 1 has no portability prompts and does not count
+  const ported = { ...base, portability_prompts_probs: [nll(1, 2), nll(0.5, 4), nll(2, 1)] };
+  const prePorted = { ...base, portability_prompts_probs: [nll(2, 1), nll(4, 0.5), nll(2, 1)] };
+  const cases = [cfCase(0, ported, prePorted), cfCase(1, base, base)];
+  const s = summarize(cases);
+  close(s.post.PT!.mean, 100 * 2 / 3, 1e-9, "post PT");
+  equal(s.post.PT!.n, 1);
+  equal(s.pre.PT!.mean, 0);
+  const run: ReportRun = { label: "ROME", run: RUN, summary: s, cases };
+  match(
+    markdownReport([run], "t"),
+    /\| Editor \| S \| ES \| EM \| PS \| PM \| NS \| NM \| PT \| GE \| RS \| n \|/,
+  );
+  equal((jsonRecord(run).summary as Record<string, number>).PT, 66.67);
+  // without portability prompts the paper's columns exactly
+  const plain = summarize([cfCase(1, base, base)]);
+  const run2: ReportRun = { label: "ROME", run: RUN, summary: plain, cases: [cfCase(1, base, base)] };
+  ok(!Object.keys(jsonRecord(run2).summary as object).includes("PT"));
+  ok(!markdownReport([run2], "t").includes("| PT |"));
+});
