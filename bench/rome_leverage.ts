@@ -6,14 +6,17 @@
 // model (rome/hparams/world-gpt2.json): GPT-2 XL listens at the subject's last token; the bundled model
 // reads the subject's tokens straight into the last token from layer 0 and listens only there.
 //
-//   deno run -A bench/rome_leverage.ts [--model DIR] [--dataset FILE] [--cases 0,2] [--steps 20] [--json]
+// The summary counts, per layer, the records where the δ at the subject's last token reaches P(new) ≥ 50%.
+//
+//   deno run -A bench/rome_leverage.ts [--model DIR] [--dataset FILE] [--cases 0,2 | --cases 0-23]
+//                                      [--sites all|subject_last,last] [--steps 20] [--json]
 import { parseArgs } from "node:util";
 import { getEngine } from "../engine/engine.ts";
 import { Tape } from "../engine/autograd.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
 import { crossEntropy, sumAll } from "../engine/ops.ts";
 import { Adam } from "../engine/optim.ts";
-import { fillTemplate } from "../rome/request.ts";
+import { fillTemplate, subjectTokenIndex } from "../rome/request.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -21,6 +24,7 @@ const { values } = parseArgs({
     model: { type: "string", default: "models/world-gpt2" },
     dataset: { type: "string", default: "data/world/counterfact.json" },
     cases: { type: "string", default: "0,2" },
+    sites: { type: "string", default: "all" },
     steps: { type: "string", default: "20" },
     json: { type: "boolean" },
   },
@@ -72,8 +76,17 @@ async function reachable(ids: number[], target: number, layer: number, token: nu
   return p;
 }
 
+/** "0,2,5" or "0-23" (or a mix). */
+const caseIds = values.cases!.split(",").flatMap((part) => {
+  const m = /^(\d+)-(\d+)$/.exec(part.trim());
+  return m
+    ? Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i)
+    : [Number(part)];
+});
+const allSites = values.sites === "all";
 const out = [];
-for (const id of values.cases!.split(",").map(Number)) {
+const hits = Array.from({ length: model.config.nLayer }, () => 0);
+for (const id of caseIds) {
   const rec = records.find((r) => r.case_id === id);
   if (!rec) throw new Error(`no case ${id} in ${values.dataset}`);
   const r = rec.requested_rewrite;
@@ -81,19 +94,42 @@ for (const id of values.cases!.split(",").map(Number)) {
   const ids = tokenizer.encode(text);
   const target = tokenizer.encode(" " + r.target_new.str.trim())[0];
   const tokens = ids.map((i) => tokenizer.decode([i]));
+  const subjectLast = subjectTokenIndex(tokenizer, r.prompt, r.subject, "last");
+  // --sites subject_last,last: only those two columns (NaN elsewhere), for many records quickly
+  const wanted = (tok: number) => allSites || tok === subjectLast || tok === ids.length - 1;
   const grid: number[][] = [];
   for (let layer = 0; layer < model.config.nLayer; layer++) {
     const row: number[] = [];
-    for (let tok = 0; tok < ids.length; tok++) row.push(await reachable(ids, target, layer, tok));
+    for (let tok = 0; tok < ids.length; tok++) {
+      row.push(wanted(tok) ? await reachable(ids, target, layer, tok) : NaN);
+    }
     grid.push(row);
+    if (row[subjectLast] >= 0.5) hits[layer]++;
   }
-  out.push({ case_id: id, prompt: text, target_new: r.target_new.str, tokens, reachable: grid });
+  out.push({
+    case_id: id,
+    prompt: text,
+    target_new: r.target_new.str,
+    tokens,
+    subject_last: subjectLast,
+    reachable: grid,
+  });
   if (!values.json) {
     console.log(`case ${id}: ${JSON.stringify(text)} → ${r.target_new.str} (reachable P(new) ×100, δ free)`);
     console.log("      " + tokens.map((t) => JSON.stringify(t).slice(0, 7).padStart(8)).join(""));
     grid.forEach((row, l) =>
-      console.log(`  L${l}  ` + row.map((p) => (p * 100).toFixed(0).padStart(8)).join(""))
+      console.log(
+        `  L${l}  ` + row.map((p) => (Number.isNaN(p) ? "·" : (p * 100).toFixed(0)).padStart(8)).join(""),
+      )
     );
   }
 }
-if (values.json) console.log(JSON.stringify({ model: values.model, steps, cases: out }));
+const summary = { records: caseIds.length, subject_last_reaches_half_by_layer: hits };
+if (values.json) console.log(JSON.stringify({ model: values.model, steps, summary, cases: out }));
+else {
+  console.log(
+    `δ at the subject's last token reaches P(new) ≥ 50%, records of ${caseIds.length}, layers 0–${
+      hits.length - 1
+    }: ${hits.join(" ")}`,
+  );
+}
