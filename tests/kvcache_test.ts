@@ -184,4 +184,10 @@ Deno.test("generate: the cached path gives the tokens of re-running the whole pr
     deepStrictEqual(got.map((r, i) => prompts[i].length + r.length), [20, 20, 20]);
   }
   deepStrictEqual(await generate(model, [Array(20).fill(3)], { maxTokens: 5, topK: 1, seed: 0 }), [[]]);
+  // a row that emits stopId ends there (the id included); the others go on as without it
+  const free = await generate(model, prompts, { maxTokens: 10, topK: 1, seed: 0 });
+  const stopId = free[1][3];
+  const first = free.map((r) => r.indexOf(stopId));
+  const stopped = await generate(model, prompts, { maxTokens: 10, topK: 1, seed: 0, stopId });
+  deepStrictEqual(stopped, free.map((r, i) => first[i] >= 0 ? r.slice(0, first[i] + 1) : r));
 });
