@@ -19,7 +19,13 @@ import { findSubjectRange } from "./engine/gpt2/tokenizer.ts";
 import { fmt } from "./tracing/render.ts";
 import { LAST_SUBJECT } from "./tracing/aggregate.ts";
 import { type CaseStore, summarizeFacts, traceFacts } from "./tracing/dataset.ts";
-import { FactsFormatError, type KnownFact, parseKnownFacts, parseSubjects } from "./tracing/facts.ts";
+import {
+  EXAMPLE_KNOWN_ID,
+  FactsFormatError,
+  type KnownFact,
+  parseKnownFacts,
+  parseSubjects,
+} from "./tracing/facts.ts";
 import { DEFAULT_NOISE, type NoiseSpec, parseNoiseSpec, subjectEmbeddingStd } from "./tracing/noise.ts";
 import {
   factsAnsi,
@@ -2235,11 +2241,6 @@ async function cmdInfo(args: string[]): Promise<void> {
 // Defaults that land with the bundled model: each is one line. Until then --model (and --prompt/--subject,
 // or --facts) must be given.
 const DEFAULT_TRACE_MODEL: string | undefined = BUNDLED_MODEL;
-const DEFAULT_TRACE_FACT: { prompt: string; subject: string; expect?: string } | undefined = {
-  prompt: "The city of Agadir is in the country of",
-  subject: "Agadir",
-  expect: "Morocco",
-}; // known_id 12 of data/world/known_facts.json (0, "Quezon City", ends in the shared token " City")
 const DEFAULT_TRACE_FACTS: string | undefined = fileURLToPath(
   new URL("./data/world/known_facts.json", import.meta.url),
 );
@@ -2434,11 +2435,23 @@ async function cmdTrace(args: string[]): Promise<void> {
   return await tracePromptCli(opts);
 }
 
+/** The fact traced when no --prompt and --subject are given: the bundled world's example (the page's too). */
+async function exampleFact(): Promise<KnownFact> {
+  const facts = parseKnownFacts(await readJsonFile(BUNDLED_SUBJECTS, "facts file"), BUNDLED_SUBJECTS);
+  const fact = facts.find((f) => f.known_id === EXAMPLE_KNOWN_ID);
+  if (!fact) {
+    throw new UsageError(
+      `${BUNDLED_SUBJECTS} has no known_id ${EXAMPLE_KNOWN_ID}; give --prompt and --subject`,
+    );
+  }
+  return fact;
+}
+
 async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
-  const fact = opts.prompt === undefined && opts.subject === undefined ? DEFAULT_TRACE_FACT : undefined;
+  const fact = opts.prompt === undefined && opts.subject === undefined ? await exampleFact() : undefined;
   const prompt = fact?.prompt ?? requireText(opts, "prompt");
   const subject = fact?.subject ?? requireText(opts, "subject");
-  const expect = (opts.expect as string | undefined) ?? fact?.expect;
+  const expect = (opts.expect as string | undefined) ?? fact?.attribute;
   const kinds = traceKinds(opts, true);
   const severArg = opts.sever === undefined ? undefined : String(opts.sever);
   if (severArg !== undefined && !["mlp", "attn", "both"].includes(severArg)) {

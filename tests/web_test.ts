@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { EXAMPLE_KNOWN_ID } from "../tracing/facts.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 /** Debian's package (`apt-get install -y chromium`); a browser is never downloaded. */
@@ -168,9 +169,9 @@ Deno.test("web: the page in headless Chromium traces and edits with the CLI's nu
   const t0 = performance.now();
   const at = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
 
-  // The inputs: the first known fact (the page's default trace) and the first CounterFact case.
+  // The inputs: the example fact (the page's and the CLI's default trace) and the first CounterFact case.
   const facts = JSON.parse(await Deno.readTextFile(join(ROOT, "data/world/known_facts.json")));
-  const { prompt, subject } = facts[0];
+  const { prompt, subject } = facts.find((f: { known_id: number }) => f.known_id === EXAMPLE_KNOWN_ID);
   const cases = JSON.parse(await Deno.readTextFile(join(ROOT, "data/world/counterfact.json")));
   const caseId = String(cases[0].case_id);
 

@@ -11,6 +11,13 @@ export interface KnownFact {
   relation_id?: string;
 }
 
+/**
+ * The bundled world's example fact, by known_id in data/world/known_facts.json: what `deno task trace` traces
+ * with no arguments and the page shows first. "The city of Agadir is in the country of" → Morocco: the model
+ * reads the subject at its last token. (known_id 0, "Quezon City", ends in " City", a token many cities share.)
+ */
+export const EXAMPLE_KNOWN_ID = 12;
+
 /** A malformed facts file; the message is one line naming the file and the record. */
 export class FactsFormatError extends Error {
   override name = "FactsFormatError";

@@ -6,6 +6,7 @@ import { GpuError } from "../engine/device.ts";
 import type { EvaluationPrompts, TargetProbabilities } from "../rome/evaluate.ts";
 import { fillTemplate, type RequestInput } from "../rome/request.ts";
 import { escapeXml, heatmapSvg } from "../tracing/render.ts";
+import { EXAMPLE_KNOWN_ID } from "../tracing/facts.ts";
 import { traceHeatmapSpec } from "../tracing/report.ts";
 import { type EditRun, type LoadStage, Session, type TraceRun } from "./session.ts";
 
@@ -260,6 +261,8 @@ function fillExamples(session: Session): void {
     input("trace-subject").value = f.subject;
   };
   facts.addEventListener("change", pickFact);
+  // the CLI's default trace first
+  facts.value = String(Math.max(0, session.facts.findIndex((f) => f.known_id === EXAMPLE_KNOWN_ID)));
   pickFact();
 
   const cases = $<HTMLSelectElement>("edit-example");
