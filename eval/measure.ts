@@ -10,7 +10,6 @@ import {
   generateTexts,
   type GenerationSettings,
   perplexity,
-  targetNlls,
   targetPairNlls,
   topOneCorrect,
 } from "./probes.ts";
@@ -43,9 +42,22 @@ export async function counterFactMetrics(
     record.neighborhood_prompts,
     record.attribute_prompts,
   ];
-  const nll = await targetNlls(model, tokenizer, groups.flat(), rw.target_new.str, rw.target_true.str);
+  // the portability prompts (each with targets of its own) ride in the same batched forward
+  const portability = record.portability_prompts ?? [];
+  const nll = await targetPairNlls(model, tokenizer, [
+    ...groups.flat().map((prompt) => ({
+      prompt,
+      targetNew: rw.target_new.str,
+      targetTrue: rw.target_true.str,
+    })),
+    ...portability.map((p) => ({
+      prompt: p.prompt,
+      targetNew: p.target_new.str,
+      targetTrue: p.target_true.str,
+    })),
+  ]);
   const cut: number[] = [0];
-  for (const g of groups) cut.push(cut.at(-1)! + g.length);
+  for (const g of [...groups, portability]) cut.push(cut.at(-1)! + g.length);
   const part = (i: number) => nll.slice(cut[i], cut[i + 1]);
   const out: CounterFactMetrics = {
     rewrite_prompts_probs: part(0),
@@ -53,17 +65,7 @@ export async function counterFactMetrics(
     neighborhood_prompts_probs: part(2),
     attribute_prompts_probs: part(3),
   };
-  if (record.portability_prompts?.length) {
-    out.portability_prompts_probs = await targetPairNlls(
-      model,
-      tokenizer,
-      record.portability_prompts.map((p) => ({
-        prompt: p.prompt,
-        targetNew: p.target_new.str,
-        targetTrue: p.target_true.str,
-      })),
-    );
-  }
+  if (portability.length > 0) out.portability_prompts_probs = part(4);
   if (!generation) return out;
   const snips = generation.snippets.get(rw.relation_id)?.get(rw.target_new.id) ?? [];
   if (snips.length === 0) {
