@@ -640,7 +640,7 @@ async function cmdFacts(args: string[]): Promise<void> {
   const world = (opts.world as string | undefined) ?? WORLD_DIR;
   const { model, tokenizer } = await loadModel(opts);
   const facts = JSON.parse(Deno.readTextFileSync(`${world}/facts.json`)) as {
-    relations: { relation_id: string; training: string[]; held_out: string[] }[];
+    relations: { relation_id: string; training: string[]; held_out?: string[] }[];
     facts: { subject: string; relation_id: string; object: string }[];
   };
   const relations = new Map(facts.relations.map((r) => [r.relation_id, r]));
@@ -649,7 +649,7 @@ async function cmdFacts(args: string[]): Promise<void> {
     target: f.object,
   }));
   const heldOut = facts.facts.flatMap((f) =>
-    relations.get(f.relation_id)!.held_out.map((t) => ({
+    (relations.get(f.relation_id)!.held_out ?? []).map((t) => ({
       relation: f.relation_id,
       probe: { prompt: t.replace("{}", f.subject), target: f.object },
     }))

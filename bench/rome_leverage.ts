@@ -76,19 +76,29 @@ async function reachable(ids: number[], target: number, layer: number, token: nu
   return p;
 }
 
+/** Bad arguments: one line naming the problem, exit 2 (no stack trace). */
+function usageError(message: string): never {
+  console.error(`rome_leverage: ${message}`);
+  Deno.exit(2);
+}
 /** "0,2,5" or "0-23" (or a mix). */
 const caseIds = values.cases!.split(",").flatMap((part) => {
-  const m = /^(\d+)-(\d+)$/.exec(part.trim());
-  return m
-    ? Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i)
-    : [Number(part)];
+  const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
+  if (!m || (m[2] !== undefined && Number(m[2]) < Number(m[1]))) {
+    usageError(`--cases takes ids and ranges like 0,2 or 0-23 (got '${part}')`);
+  }
+  const [lo, hi] = [Number(m[1]), Number(m[2] ?? m[1])];
+  return Array.from({ length: hi - lo + 1 }, (_, i) => lo + i);
 });
+if (values.sites !== "all" && values.sites !== "subject_last,last") {
+  usageError(`--sites is all or subject_last,last (got '${values.sites}')`);
+}
 const allSites = values.sites === "all";
 const out = [];
 const hits = Array.from({ length: model.config.nLayer }, () => 0);
 for (const id of caseIds) {
   const rec = records.find((r) => r.case_id === id);
-  if (!rec) throw new Error(`no case ${id} in ${values.dataset}`);
+  if (!rec) usageError(`no case ${id} in ${values.dataset}`);
   const r = rec.requested_rewrite;
   const text = fillTemplate(r.prompt, r.subject);
   const ids = tokenizer.encode(text);
