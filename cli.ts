@@ -4,7 +4,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { getEngine } from "./engine/engine.ts";
 import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
 import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
-import { downloadModel } from "./engine/hub.ts";
+import { downloadModel, HubError } from "./engine/hub.ts";
 import { basename, dirname, join } from "node:path";
 import { exists, readSafetensorsFile, writeFileAtomic } from "./engine/files.ts";
 import type { Gpt2Config } from "./engine/gpt2/config.ts";
@@ -93,6 +93,7 @@ import {
   statsCacheName,
   StatsError,
   statsFitModel,
+  type StatsInfo,
   StatsInterrupted,
   uploadSecondMoment,
 } from "./rome/stats.ts";
@@ -106,22 +107,88 @@ export class UsageError extends Error {
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
-function parse(args: string[], options: Options, usage: string): Record<string, unknown> {
+/** An argument that starts like a negative number ("-2", "-.5", "-inf", "-nan"): a value, never an option. */
+const NEGATIVE_NUMBER = /^-(\d|\.\d|inf|nan)/i;
+
+/**
+ * `--name -2` as `--name=-2` for the command's string options. node:util's parseArgs refuses a value that
+ * starts with "-" as "ambiguous" (a message and the whole usage text), so the option's own check, the
+ * same one-line error as for any other bad value, would never see it.
+ */
+function attachNegativeValues(args: readonly string[], options: Options): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--") {
+      out.push(...args.slice(i));
+      break;
+    }
+    const name = /^--([^=]+)$/.exec(a)?.[1];
+    if (
+      name !== undefined && Object.hasOwn(options, name) && options[name].type === "string" &&
+      i + 1 < args.length && NEGATIVE_NUMBER.test(args[i + 1])
+    ) {
+      out.push(`${a}=${args[++i]}`);
+    } else out.push(a);
+  }
+  return out;
+}
+
+/** Options that name a file, folder or revision: an empty value names nothing (and "" resolves to "."). */
+const NAMING_OPTIONS = [
+  "model",
+  "out",
+  "patch",
+  "dir",
+  "revision",
+  "dataset",
+  "hparams",
+  "corpus",
+  "stats",
+  "npz",
+  "facts",
+  "subjects",
+  "world",
+  "snippets",
+  "tfidf",
+  "config",
+  "tokenizer",
+  "init",
+  "apply",
+  "revert",
+];
+
+/** A command's options (and positionals where it takes them); --help prints the usage and exits. */
+function parseCommand(
+  args: string[],
+  options: Options,
+  usage: string,
+  allowPositionals = false,
+): { values: Record<string, unknown>; positionals: string[] } {
   try {
-    const { values } = parseArgs({
-      args,
+    const { values, positionals } = parseArgs({
+      args: attachNegativeValues(args, options),
       options: { ...options, help: { type: "boolean", short: "h" } },
       strict: true,
+      allowPositionals,
     });
     if (values.help) {
       console.log(usage);
       Deno.exit(0);
     }
-    return values as Record<string, unknown>;
+    const given = values as Record<string, unknown>;
+    for (const k of NAMING_OPTIONS) {
+      if (given[k] === "") throw new UsageError(`--${k} must not be empty`);
+    }
+    return { values: given, positionals };
   } catch (e) {
     if (e instanceof UsageError) throw e;
     throw new UsageError(`${(e as Error).message}\n\n${usage}`);
   }
+}
+
+function parse(args: string[], options: Options, usage: string): Record<string, unknown> {
+  return parseCommand(args, options, usage).values;
 }
 
 // ------------------------------------------------------------------ terminal output
@@ -181,12 +248,9 @@ const MODEL_OPTION = { model: { type: "string" } } as const;
 /** The bundled model every command uses when --model is not given (trained by `deno task train-demo`). */
 export const BUNDLED_MODEL = fileURLToPath(new URL("./models/world-gpt2", import.meta.url));
 
+/** The model folder: --model, or the bundled one; one that is not there is a usage error (exit code 2). */
 function modelDir(opts: Record<string, unknown>): string {
-  const dir = (opts.model as string | undefined) ?? BUNDLED_MODEL;
-  if (!dir) {
-    throw new UsageError("--model DIR is required (a Hugging Face GPT-2 folder; see `deno task download`)");
-  }
-  return dir;
+  return editModelDir(opts);
 }
 
 async function loadModel(opts: Record<string, unknown>, quiet = false): Promise<LoadedModel> {
@@ -204,14 +268,38 @@ async function loadModel(opts: Record<string, unknown>, quiet = false): Promise<
   return loaded;
 }
 
-function intOption(opts: Record<string, unknown>, name: string, fallback: number, min = 0): number {
+/** A number as typed in decimal: sign, digits, fraction, exponent; no spaces, hex, Infinity or empty text. */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
+/** The number an option's text spells in decimal, NaN for anything else ("", "abc", "0x10", " 3"). */
+function decimalValue(raw: unknown): number {
+  return typeof raw === "string" && DECIMAL.test(raw) ? Number(raw) : NaN;
+}
+
+/** Seeds feed 32-bit generators (`seed >>> 0`): a larger or negative seed would silently alias another. */
+const MAX_SEED = 2 ** 32 - 1;
+
+/**
+ * An integer option in [min, max], `fallback` when absent. Anything else is a usage error naming the valid
+ * range: negative or non-integer numbers, "abc", "", "1e999" (never rounded or clamped into range).
+ */
+function intOption(
+  opts: Record<string, unknown>,
+  name: string,
+  fallback: number,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   const raw = opts[name];
   if (raw === undefined) return fallback;
-  const v = Number(raw);
-  if (!Number.isInteger(v) || v < min) {
-    throw new UsageError(`--${name} must be an integer ≥ ${min} (got '${raw}')`);
+  const v = decimalValue(raw);
+  if (!Number.isInteger(v) || v < min || v > max) {
+    const range = max === Number.MAX_SAFE_INTEGER && !(Number.isFinite(v) && v > max)
+      ? `≥ ${min}`
+      : `from ${min} to ${max}`;
+    throw new UsageError(`--${name} must be an integer ${range} (got '${raw}')`);
   }
-  return v;
+  return v === 0 ? 0 : v; // not -0
 }
 
 function requireText(opts: Record<string, unknown>, name: string): string {
@@ -235,6 +323,7 @@ async function cmdPredict(args: string[]): Promise<void> {
   const prompt = requireText(opts, "prompt");
   const k = intOption(opts, "top-k", 10, 1);
   const { model, tokenizer } = await loadModel(opts);
+  topKInVocabulary(k, model);
   const ids = tokenizer.encode(prompt);
   if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
   const [lp] = await nextTokenLogprobs(model, [ids]);
@@ -250,6 +339,14 @@ async function cmdPredict(args: string[]): Promise<void> {
         JSON.stringify(e.token)
       } (${e.id})`,
     );
+  }
+}
+
+/** --top-k beyond the vocabulary would silently mean all of it. */
+function topKInVocabulary(k: number, model: Gpt2Model): void {
+  const V = model.config.vocabSize;
+  if (k > V) {
+    throw new UsageError(`--top-k must be an integer from 1 to ${V}, the vocabulary's size (got '${k}')`);
   }
 }
 
@@ -270,13 +367,20 @@ async function cmdGenerate(args: string[]): Promise<void> {
   const prompt = requireText(opts, "prompt");
   const maxTokens = intOption(opts, "max-tokens", 20, 1);
   const k = intOption(opts, "top-k", 5, 1);
-  const seed = intOption(opts, "seed", 0);
+  const seed = intOption(opts, "seed", 0, 0, MAX_SEED);
   const { model, tokenizer } = await loadModel(opts);
+  topKInVocabulary(k, model);
   const ids = tokenizer.encode(prompt);
   if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
-  if (ids.length >= model.config.nPositions) {
+  const ctx = model.config.nPositions;
+  if (ids.length >= ctx) {
+    throw new UsageError(`--prompt has ${ids.length} tokens; the model's context is ${ctx}`);
+  }
+  // generation stops at the context: an explicit --max-tokens that cannot fit is refused, not cut short
+  if (opts["max-tokens"] !== undefined && ids.length + maxTokens > ctx) {
     throw new UsageError(
-      `--prompt has ${ids.length} tokens; the model's context is ${model.config.nPositions}`,
+      `--max-tokens must be an integer from 1 to ${ctx - ids.length} for this prompt: its ${ids.length} ` +
+        `tokens leave room for ${ctx - ids.length} in the model's context of ${ctx} (got '${maxTokens}')`,
     );
   }
   const bar = new Progress("generating", maxTokens, Boolean(opts.json));
@@ -321,23 +425,12 @@ const DOWNLOAD_USAGE =
   Uses $HF_ENDPOINT and $HF_TOKEN when set.`;
 
 async function cmdDownload(args: string[]): Promise<void> {
-  let positionals: string[];
-  let values: Record<string, unknown>;
-  try {
-    ({ positionals, values } = parseArgs({
-      args,
-      options: {
-        dir: { type: "string" },
-        revision: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-      allowPositionals: true,
-      strict: true,
-    }));
-  } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n\n${DOWNLOAD_USAGE}`);
-  }
-  if (values.help) return console.log(DOWNLOAD_USAGE);
+  const { values, positionals } = parseCommand(
+    args,
+    { dir: { type: "string" }, revision: { type: "string" } },
+    DOWNLOAD_USAGE,
+    true,
+  );
   if (positionals.length !== 1) throw new UsageError(`name exactly one model\n\n${DOWNLOAD_USAGE}`);
   let bar: Progress | undefined;
   let current = "";
@@ -354,6 +447,10 @@ async function cmdDownload(args: string[]): Promise<void> {
       }
       bar!.update(p.done, `${(p.bytesPerSec / 2 ** 20).toFixed(1)} MiB/s`);
     },
+  }).catch((e) => {
+    // a name that is no model is the caller's mistake; network and server errors are not
+    if (e instanceof HubError && e.kind === "name") throw new UsageError(e.message);
+    throw e;
   });
   bar?.done();
   console.log(`downloaded ${res.files.length} files to ${res.dir}`);
@@ -389,6 +486,14 @@ interface TrainFileConfig {
   };
 }
 
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
 function readTrainConfig(path: string): TrainFileConfig {
   let j: TrainFileConfig;
   try {
@@ -396,14 +501,36 @@ function readTrainConfig(path: string): TrainFileConfig {
   } catch (e) {
     throw new UsageError(`--config ${path}: ${(e as Error).message}`);
   }
-  const need = (o: Record<string, unknown> | undefined, k: string, where: string) => {
+  const need = (o: Record<string, unknown> | undefined, k: string, where: string, integer = false) => {
     const v = o?.[k];
-    if (typeof v !== "number" || !(v > 0)) {
-      throw new UsageError(`--config ${path}: ${where}.${k} must be a positive number`);
+    if (typeof v !== "number" || !(v > 0) || !Number.isFinite(v) || (integer && !Number.isSafeInteger(v))) {
+      throw new UsageError(
+        `--config ${path}: ${where}.${k} must be a positive ${integer ? "integer" : "number"}`,
+      );
     }
   };
-  for (const k of ["n_layer", "n_head", "n_embd", "n_positions"]) need(j.model as never, k, "model");
-  for (const k of ["batch_size", "lr"]) need(j.train as never, k, "train");
+  // optional settings: absent, or what they mean (a count is an integer, a seed a 32-bit one)
+  const may = (k: string, integer: boolean, min: number, max = Infinity) => {
+    const v = (j.train as unknown as Record<string, unknown>)[k];
+    if (v === undefined) return;
+    if (
+      typeof v !== "number" || !Number.isFinite(v) || (integer && !Number.isSafeInteger(v)) || v < min ||
+      v > max
+    ) {
+      const range = max === Infinity ? `≥ ${min}` : `from ${min} to ${max}`;
+      throw new UsageError(
+        `--config ${path}: train.${k} must be ${integer ? "an integer" : "a number"} ${range}`,
+      );
+    }
+  };
+  for (const k of ["n_layer", "n_head", "n_embd", "n_positions"]) need(j.model as never, k, "model", true);
+  need(j.train as never, "batch_size", "train", true);
+  need(j.train as never, "lr", "train");
+  for (const k of ["steps", "checkpoint_every", "stop_at"]) may(k, true, 1);
+  may("warmup_steps", true, 0);
+  may("seed", true, 0, MAX_SEED);
+  for (const k of ["min_lr_ratio", "weight_decay", "grad_clip"]) may(k, false, 0);
+  if ((j.train as { epochs?: unknown }).epochs !== undefined) need(j.train as never, "epochs", "train");
   if (j.model.n_embd % j.model.n_head !== 0) {
     throw new UsageError(`--config ${path}: n_embd must be divisible by n_head`);
   }
@@ -467,12 +594,22 @@ export async function train(opts: {
     vocabSize: tokenizer.vocabSize,
     layerNormEps: 1e-5,
   };
-  const engine = await getEngine();
   const statePath = `${opts.out}/trainer_state.json`;
-  let resumed: { step: number; seconds: number; losses: [number, number][] } | undefined;
-  let model: Gpt2Model;
+  let resumed: { step: number; seconds: number; losses: [number, number][]; init?: string } | undefined;
+  const initDir = opts.init === undefined ? undefined : resolve(opts.init);
   if (!opts.fresh && exists(statePath)) {
-    resumed = JSON.parse(Deno.readTextFileSync(statePath));
+    resumed = JSON.parse(Deno.readTextFileSync(statePath)) as NonNullable<typeof resumed>;
+    // resuming takes the checkpoint's weights: an --init the run did not start from would be ignored
+    if (initDir !== undefined && resumed.init !== initDir) {
+      throw new UsageError(
+        `${opts.out} holds a checkpoint of a run that did not start from --init ${opts.init}; ` +
+          `add --fresh to start over from it, or choose another --out`,
+      );
+    }
+  }
+  const engine = await getEngine();
+  let model: Gpt2Model;
+  if (resumed) {
     model = (await loadGpt2Folder(engine, opts.out)).model;
     if (JSON.stringify(model.config) !== JSON.stringify(config)) {
       throw new UsageError(
@@ -495,6 +632,8 @@ export async function train(opts: {
       describe: () => "initialisation",
     });
   }
+  /** The --init folder the run started from (kept in trainer_state.json, so a resume can check it). */
+  const startedFrom = resumed ? resumed.init : initDir;
   const trainer = new Trainer(model, hyper);
   if (resumed) {
     const st = await readSafetensorsFile(`${opts.out}/optimizer.safetensors`);
@@ -524,7 +663,13 @@ export async function train(opts: {
         tensors.push({ name: `v.${name}`, data: data[2 * i + 1] as Float32Array, shape: [...p.shape] });
       });
     }
-    const state = { step: trainer.step, seconds: (performance.now() - t0) / 1000, hyper, losses };
+    const state = {
+      step: trainer.step,
+      seconds: (performance.now() - t0) / 1000,
+      hyper,
+      losses,
+      ...(startedFrom !== undefined ? { init: startedFrom } : {}),
+    };
     await saveGpt2Folder(opts.out, model, {
       extraFiles: { ...tokenizerFiles, "trainer_state.json": JSON.stringify(state, null, 1) + "\n" },
       extraTensors: { "optimizer.safetensors": tensors },
@@ -579,12 +724,27 @@ async function cmdTrain(args: string[]): Promise<void> {
   for (const k of ["config", "corpus", "out"]) {
     if (!opts[k]) throw new UsageError(`--${k} is required\n\n${TRAIN_USAGE}`);
   }
+  const steps = opts.steps === undefined ? undefined : intOption(opts, "steps", 0, 1);
+  // the files named, checked before the GPU starts (train() reads them in a different order)
+  const corpus = opts.corpus as string;
+  if (!isFile(corpus)) throw new UsageError(`--corpus '${corpus}' not found (a text file)`);
+  const tokDir = (opts.tokenizer as string | undefined) ?? dirname(corpus);
+  if (!isFile(join(tokDir, "vocab.json")) || !isFile(join(tokDir, "merges.txt"))) {
+    throw new UsageError(
+      opts.tokenizer !== undefined
+        ? `--tokenizer '${tokDir}' has no vocab.json and merges.txt`
+        : `no vocab.json and merges.txt beside --corpus in '${tokDir}'; give --tokenizer DIR`,
+    );
+  }
+  if (opts.init !== undefined && !isFile(join(opts.init as string, "config.json"))) {
+    throw new UsageError(`--init '${opts.init}' is not a model folder (no config.json)`);
+  }
   const res = await train({
     config: opts.config as string,
-    corpus: opts.corpus as string,
+    corpus,
     out: opts.out as string,
     tokenizerDir: opts.tokenizer as string | undefined,
-    steps: opts.steps === undefined ? undefined : intOption(opts, "steps", 0, 1),
+    steps,
     fresh: Boolean(opts.fresh),
     json: Boolean(opts.json),
     init: opts.init as string | undefined,
@@ -638,11 +798,24 @@ async function cmdFacts(args: string[]): Promise<void> {
     FACTS_USAGE,
   );
   const world = (opts.world as string | undefined) ?? WORLD_DIR;
-  const { model, tokenizer } = await loadModel(opts);
-  const facts = JSON.parse(Deno.readTextFileSync(`${world}/facts.json`)) as {
+  for (const f of ["facts.json", "counterfact.json"]) {
+    if (!isFile(join(world, f))) {
+      throw new UsageError(
+        opts.world !== undefined
+          ? `--world '${world}' has no ${f} (a facts world folder, like ${WORLD_DIR})`
+          : `the facts world '${world}' has no ${f}: run from the repository's root, or give --world DIR`,
+      );
+    }
+  }
+  const facts = await readJsonFile(join(world, "facts.json"), "facts file") as {
     relations: { relation_id: string; training: string[]; held_out?: string[] }[];
     facts: { subject: string; relation_id: string; object: string }[];
   };
+  const cf = await readJsonFile(join(world, "counterfact.json"), "CounterFact file") as {
+    requested_rewrite: { prompt: string; subject: string; target_true: { str: string } };
+    paraphrase_prompts: string[];
+  }[];
+  const { model, tokenizer } = await loadModel(opts);
   const relations = new Map(facts.relations.map((r) => [r.relation_id, r]));
   const factProbes = facts.facts.map((f) => ({
     prompt: relations.get(f.relation_id)!.training[0].replace("{}", f.subject),
@@ -655,10 +828,6 @@ async function cmdFacts(args: string[]): Promise<void> {
     }))
   );
   const heldOutProbes = heldOut.map((h) => h.probe);
-  const cf = JSON.parse(Deno.readTextFileSync(`${world}/counterfact.json`)) as {
-    requested_rewrite: { prompt: string; subject: string; target_true: { str: string } };
-    paraphrase_prompts: string[];
-  }[];
   const rewriteProbes = cf.map((r) => ({
     prompt: r.requested_rewrite.prompt.replace("{}", r.requested_rewrite.subject),
     target: r.requested_rewrite.target_true.str,
@@ -879,12 +1048,63 @@ export interface LayerStatsOptions {
   /** Model folder (for shipped statistics) and the base hash the cache is keyed by. */
   dir: string;
   baseHash: string;
+  /**
+   * --corpus: C over this text. Shipped statistics stand in for it only when they record this very corpus
+   * and number of documents (then they are what computing would give, as a cache entry is).
+   */
   corpus?: string;
+  /** --samples: the first N documents of the corpus, which must have that many; shipped files as --corpus. */
   samples?: number;
+  /** Documents without --samples (the hparams' mom2_n_samples), or all the corpus has if fewer. */
+  defaultSamples?: number;
   /** An explicit statistics file (.safetensors of ours, or the reference's .npz). */
   file?: string;
   quiet?: boolean;
   signal?: AbortSignal;
+}
+
+/** What C is to come from, as --stats/--npz/--corpus/--samples say: checked before any model is loaded. */
+interface StatsRequest {
+  file?: string;
+  corpus?: string;
+  samples?: number;
+}
+
+function statsRequest(opts: Record<string, unknown>): StatsRequest {
+  if (opts.stats !== undefined && opts.npz !== undefined) {
+    throw new UsageError("give either --stats FILE or --npz FILE");
+  }
+  const fileOption = opts.stats !== undefined ? "stats" : "npz";
+  const file = opts[fileOption] as string | undefined;
+  if (file !== undefined) {
+    for (const k of ["corpus", "samples"]) {
+      if (opts[k] !== undefined) {
+        throw new UsageError(
+          `--${k} is for computing the statistics C; --${fileOption} reads them from a file`,
+        );
+      }
+    }
+    if (!isFile(file)) throw new UsageError(`statistics file '${file}' not found`);
+  }
+  const corpus = opts.corpus as string | undefined;
+  if (corpus !== undefined) {
+    try {
+      Deno.statSync(corpus);
+    } catch {
+      throw new UsageError(`--corpus '${corpus}' not found (a text file, or a folder of .txt files)`);
+    }
+  }
+  const samples = opts.samples === undefined ? undefined : intOption(opts, "samples", 0, 1);
+  return { file, corpus, samples };
+}
+
+/** Options that only say where C comes from, refused where no C is used (`why` says which setting). */
+function refuseStatsOptions(opts: Record<string, unknown>, why: string, also: string[] = []): void {
+  for (const k of ["stats", "npz", "corpus", "samples", ...also]) {
+    if (opts[k] !== undefined) {
+      throw new UsageError(`--${k} is for the statistics C, which is not used with ${why}`);
+    }
+  }
 }
 
 /** C on the GPU from Σ k kᵀ read from `where`; a matrix of the wrong width is a usage error. */
@@ -905,9 +1125,25 @@ export async function layerStats(
   const seconds = () => (performance.now() - t0) / 1000;
   if (o.file) {
     const bytes = await readBytes(o.file, "statistics file");
-    const { mom2, count } = o.file.endsWith(".npz")
-      ? await romeUsage(() => readReferenceMom2(bytes, o.file!))
+    const { mom2, count, info } = o.file.endsWith(".npz")
+      ? { ...await romeUsage(() => readReferenceMom2(bytes, o.file!)), info: {} as Partial<StatsInfo> }
       : decodeSecondMoment(bytes, o.file);
+    // what the file records about itself must fit this edit (the reference's .npz records nothing)
+    if (info.layer !== undefined && info.layer !== o.layer) {
+      throw new UsageError(
+        `statistics file '${o.file}' holds C of layer ${info.layer}, not of layer ${o.layer}`,
+      );
+    }
+    if (info.model_hash !== undefined && info.model_hash !== "unknown" && info.model_hash !== o.baseHash) {
+      throw new UsageError(
+        `statistics file '${o.file}' belongs to model ${info.model_hash}, not to this one (${o.baseHash})`,
+      );
+    }
+    if (info.cursor !== undefined && info.samples !== undefined && info.cursor < info.samples) {
+      throw new UsageError(
+        `statistics file '${o.file}' is an unfinished checkpoint (${info.cursor} of ${info.samples} documents)`,
+      );
+    }
     const C = await uploadStats(model, mom2, count, o.file);
     return {
       C,
@@ -919,10 +1155,28 @@ export async function layerStats(
       meanDiagonal: meanDiagonal(mom2, count),
     };
   }
+  // With --corpus or --samples the corpus is read first: its hash and the count decide whether shipped
+  // statistics are the ones asked for; without them the folder's shipped file is used as it is.
+  const explicit = o.corpus !== undefined || o.samples !== undefined;
+  let corpus: Corpus | undefined, samples = 0;
+  const readCorpus = async () => {
+    corpus = await readStatsCorpus(o.corpus ?? DEFAULT_STATS_CORPUS);
+    const n = corpus.texts.length;
+    if (o.samples !== undefined && o.samples > n) {
+      throw new UsageError(
+        `--samples must be an integer from 1 to ${n}: '${corpus.path}' holds ${n} documents (got '${o.samples}')`,
+      );
+    }
+    samples = o.samples ?? Math.min(n, o.defaultSamples ?? n);
+    return corpus;
+  };
+  if (explicit) await readCorpus();
   const shipped = shippedStatsPath(o.dir, o.layer);
   if (exists(shipped)) {
     const { mom2, count, info } = decodeSecondMoment(await Deno.readFile(shipped), shipped);
-    if (statsFitModel(info, o.layer, o.baseHash)) {
+    const fits = statsFitModel(info, o.layer, o.baseHash);
+    const asked = !explicit || (info.corpus_hash === corpus!.hash && info.samples === samples);
+    if (fits && asked) {
       const C = await uploadStats(model, mom2, count, shipped);
       const id = info.corpus_hash ? statsCacheName(o.layer, info.corpus_hash, info.samples ?? 0) : shipped;
       return {
@@ -935,11 +1189,18 @@ export async function layerStats(
         meanDiagonal: meanDiagonal(mom2, count),
       };
     }
-    if (!o.quiet) console.error(`note: ${shipped} belongs to another model or layer; not used`);
+    if (!o.quiet) {
+      console.error(
+        fits
+          ? `note: ${shipped} is over another corpus or number of documents; C is taken over ${
+            corpus!.path
+          } as asked`
+          : `note: ${shipped} belongs to another model or layer; not used`,
+      );
+    }
   }
-  const corpus = await readStatsCorpus(o.corpus ?? DEFAULT_STATS_CORPUS);
-  const samples = Math.min(corpus.texts.length, o.samples ?? corpus.texts.length);
-  const name = statsCacheName(o.layer, corpus.hash, samples);
+  const c = corpus ?? await readCorpus();
+  const name = statsCacheName(o.layer, c.hash, samples);
   const dir = join(romeCacheDir(o.baseHash), "stats");
   const path = join(dir, name);
   if (exists(path)) {
@@ -969,9 +1230,9 @@ export async function layerStats(
   const info = {
     model_hash: o.baseHash,
     layer: o.layer,
-    corpus_hash: corpus.hash,
+    corpus_hash: c.hash,
     samples,
-    source: corpus.path,
+    source: c.path,
   };
   const bar = new Progress(`statistics C, layer ${o.layer}`, samples, o.quiet);
   const startTokens = resume?.count ?? 0;
@@ -979,7 +1240,7 @@ export async function layerStats(
   const enc = (s: SecondMomentCheckpoint) =>
     encodeSecondMoment(s.mom2, s.count, { ...info, cursor: s.cursor });
   if (resume && !o.quiet) console.error(`resuming ${partial} at document ${resume.cursor} of ${samples}`);
-  const run = await secondMomentStats(model, o.layer, tokenizedCorpus(corpus, tokenizer), {
+  const run = await secondMomentStats(model, o.layer, tokenizedCorpus(c, tokenizer), {
     samples,
     resume,
     signal: o.signal,
@@ -1037,12 +1298,13 @@ const STATS_USAGE =
 deno task stats --npz FILE [--model DIR] [--out FILE] [--json]
   Second-moment statistics C = E[k kᵀ] of the MLP keys (the input of mlp.c_proj) at layer L, which ROME's
   update solves against (u = C⁻¹ k̄). Summed on the GPU over the first N documents of the corpus (default:
-  the hparams' mom2_n_samples, 100000, or all there are) of --corpus (default
+  the hparams' mom2_n_samples, 100000, or all there are; --samples N needs N documents) of --corpus (default
   ${DEFAULT_STATS_CORPUS}; documents are separated by lines holding only <|endoftext|>;
   a folder means every .txt in it), each cut at the model's context length. Cached under
   ${romeCacheDir("<model hash>")}/stats/layer<L>_<corpus hash>_<N>.safetensors ('mom2' = Σ k kᵀ,
   'count' = tokens); an interrupted run (Ctrl-C, or killed) resumes from its last checkpoint. A model folder
-  may ship its own: <model>/stats/layer<L>.safetensors is used before the cache (--out writes such a file).
+  may ship its own: <model>/stats/layer<L>.safetensors is used before the cache (--out writes such a file),
+  unless --corpus or --samples ask for statistics over another corpus or number of documents than it holds.
   --layer defaults to the model's default edit layer (its hparams). --npz reads the reference's precomputed
   statistics (keys mom2.mom2, mom2.count; e.g. transformer.h.17.mlp.c_proj_float32_mom2_100000.npz),
   checks them against --model when given and converts them with --out.`;
@@ -1059,19 +1321,21 @@ async function cmdStats(args: string[]): Promise<void> {
   }, STATS_USAGE);
   const json = Boolean(opts.json);
   if (opts.npz !== undefined) return await statsFromNpz(opts);
+  const request = statsRequest(opts);
+  const explicitLayer = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
   const dir = editModelDir(opts);
   const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
   const hp = defaultHparams(model.config).hparams;
-  const layer = opts.layer === undefined ? hp.layers[0] : intOption(opts, "layer", 0);
+  const layer = explicitLayer ?? hp.layers[0];
   layerInRange(model, layer);
-  // the same default as edit's (the hparams' mom2_n_samples), so both find the same cache entry
-  const samples = opts.samples === undefined ? hp.mom2_n_samples : intOption(opts, "samples", 0, 1);
   const s = await layerStatsInterruptible(model, tokenizer, {
     layer,
     dir,
     baseHash: baseModelHash(dir, model),
-    corpus: opts.corpus as string | undefined,
-    samples,
+    corpus: request.corpus,
+    samples: request.samples,
+    // the same default as edit's (the hparams' mom2_n_samples), so both find the same cache entry
+    defaultSamples: hp.mom2_n_samples,
     quiet: json,
   });
   const diag = s.meanDiagonal;
@@ -1345,6 +1609,9 @@ async function editRequest(
 ): Promise<{ input: RequestInput; caseId?: number; prompts: EvaluationPrompts }> {
   const explicit = ["prompt", "subject", "target"].filter((k) => opts[k] !== undefined);
   if (opts.case === undefined && explicit.length > 0) {
+    if (opts.dataset !== undefined) {
+      throw new UsageError("--dataset is for --case; the request is --prompt, --subject and --target");
+    }
     return {
       input: {
         prompt: requireText(opts, "prompt"),
@@ -1367,14 +1634,25 @@ async function editRequest(
   return counterFactEdit(r, opts["target-true"] as string | undefined);
 }
 
+/** --layer of edit: absent, "auto" or an integer ≥ 0 (its range is checked against the model). */
+function editLayerOption(opts: Record<string, unknown>): number | "auto" | undefined {
+  if (opts.layer === undefined || opts.layer === "auto") return opts.layer;
+  const v = decimalValue(opts.layer);
+  if (!Number.isSafeInteger(v) || v < 0) {
+    throw new UsageError(`--layer must be an integer ≥ 0 or auto (got '${opts.layer}')`);
+  }
+  return v === 0 ? 0 : v;
+}
+
 async function editLayer(
   opts: Record<string, unknown>,
   model: Gpt2Model,
   base: string,
   hp: RomeHparams,
 ): Promise<number> {
-  if (opts.layer === undefined) return hp.layers[0];
-  if (opts.layer === "auto") {
+  const option = editLayerOption(opts);
+  if (option === undefined) return hp.layers[0];
+  if (option === "auto") {
     const s = await readSuggestedLayer(model.hash) ??
       (base !== model.hash ? await readSuggestedLayer(base) : undefined);
     if (!s) {
@@ -1385,7 +1663,7 @@ async function editLayer(
     }
     return s.layer;
   }
-  return intOption(opts, "layer", 0);
+  return option;
 }
 
 function probabilityLine(label: string, pre: TargetProbabilities, post: TargetProbabilities): string {
@@ -1401,6 +1679,11 @@ async function cmdEdit(args: string[]): Promise<void> {
   if (modes.length > 1) throw new UsageError(`give only one of --${modes.join(", --")}`);
   if (modes.length === 1) {
     if (opts.model === undefined) throw new UsageError(`--${modes[0]} needs --model DIR`);
+    const takes = modes[0] === "list"
+      ? ["list", "model", "json"]
+      : [modes[0], "model", "out", "in-place", "json"];
+    const unused = Object.keys(opts).find((k) => opts[k] !== undefined && !takes.includes(k));
+    if (unused !== undefined) throw new UsageError(`--${unused} is not used by --${modes[0]}`);
     if (modes[0] === "list") return editList(opts);
     return await romeUsage(() => applyOrRevert(opts, modes[0] as "apply" | "revert"));
   }
@@ -1431,15 +1714,14 @@ async function editOnce(opts: Record<string, unknown>): Promise<void> {
   if (!ROME_VARIANTS.includes(variant)) {
     throw new UsageError(`--variant must be rome or r-rome (got '${variant}')`);
   }
-  const seed = intOption(opts, "seed", DEFAULT_TEMPLATE_SEED);
+  const seed = intOption(opts, "seed", DEFAULT_TEMPLATE_SEED, 0, MAX_SEED);
   const maxTokens = intOption(opts, "max-tokens", DEFAULT_GENERATION_TOKENS);
-  const damping = opts.damping === undefined ? 0 : Number(opts.damping);
+  const damping = opts.damping === undefined ? 0 : decimalValue(opts.damping);
   if (!(damping >= 0) || !Number.isFinite(damping)) {
-    throw new UsageError(`--damping must be a number ≥ 0 (got '${opts.damping}')`);
+    throw new UsageError(`--damping must be a finite number ≥ 0 (got '${opts.damping}')`);
   }
-  if (opts.stats !== undefined && opts.npz !== undefined) {
-    throw new UsageError("give either --stats FILE or --npz FILE");
-  }
+  const statsFrom = statsRequest(opts);
+  editLayerOption(opts);
   const dir = editModelDir(opts);
   const out = editOutputDir(opts, dir, false);
   const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
@@ -1450,6 +1732,9 @@ async function editOnce(opts: Record<string, unknown>): Promise<void> {
       source: opts.hparams as string,
     }
     : defaultHparams(model.config);
+  if (!hp.mom2_adjustment) {
+    refuseStatsOptions(opts, `these hparams (${hpSource}: mom2_adjustment false)`, ["damping"]);
+  }
   const layer = await editLayer(opts, model, base, hp);
   checkLayer(model, layer);
   const hashBefore = model.hash;
@@ -1463,9 +1748,8 @@ async function editOnce(opts: Record<string, unknown>): Promise<void> {
       layer,
       dir,
       baseHash: base,
-      corpus: opts.corpus as string | undefined,
-      samples: opts.samples === undefined ? hp.mom2_n_samples : intOption(opts, "samples", 0, 1),
-      file: (opts.stats ?? opts.npz) as string | undefined,
+      ...statsFrom,
+      defaultSamples: hp.mom2_n_samples,
       quiet: json,
     });
   }
@@ -1816,19 +2100,16 @@ async function sha16(data: Uint8Array | string): Promise<string> {
 }
 
 async function cmdEval(args: string[]): Promise<void> {
-  let values: Record<string, unknown>, positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({
-      args,
-      options: { ...EVAL_OPTIONS, help: { type: "boolean", short: "h" } },
-      strict: true,
-      allowPositionals: true,
-    }));
-  } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n\n${EVAL_USAGE}`);
+  const { values, positionals } = parseCommand(args, EVAL_OPTIONS, EVAL_USAGE, true);
+  if (values.merge) {
+    const unused = Object.keys(values).find((k) =>
+      values[k] !== undefined && !["merge", "out", "json"].includes(k)
+    );
+    if (unused !== undefined) {
+      throw new UsageError(`--${unused} is not used by --merge (it reads results folders)`);
+    }
+    return await evalUsage(() => evalMerge(positionals, values));
   }
-  if (values.help) return console.log(EVAL_USAGE);
-  if (values.merge) return await evalUsage(() => evalMerge(positionals, values));
   if (positionals.length > 0) {
     throw new UsageError(`unexpected argument '${positionals[0]}' (folders are given to --merge)`);
   }
@@ -1940,8 +2221,20 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
       throw new UsageError(`--shard: ${(e as Error).message}`);
     }
   })();
-  const seed = intOption(opts, "seed", DEFAULT_EVAL_SEED);
+  const seed = intOption(opts, "seed", DEFAULT_EVAL_SEED, 0, MAX_SEED);
   const genLength = intOption(opts, "generation-length", REFERENCE_GENERATION.maxOutLen);
+  const layerOverride = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
+  // options of another method would be ignored: refused, before anything is loaded
+  if (methodName === "none") {
+    for (const k of ["hparams", "layer", "variant"]) {
+      if (opts[k] !== undefined) throw new UsageError(`--${k} is for an editing method, not --method none`);
+    }
+  }
+  if (methodName !== "rome" && opts.variant !== undefined) {
+    throw new UsageError(`--variant is for --method rome, not ${methodName}`);
+  }
+  const statsFrom = methodName === "rome" ? statsRequest(opts) : {};
+  if (methodName !== "rome") refuseStatsOptions(opts, `--method ${methodName}`);
 
   const datasetPath = (opts.dataset as string | undefined) ?? DEFAULT_EDIT_DATASET;
   const datasetBytes = await readBytes(datasetPath, "dataset");
@@ -1963,6 +2256,16 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
 
   let generation: GenerationTests | undefined;
   let tfidfId = "";
+  const generationOptions = ["snippets", "tfidf", ...dataset.kind === "zsre" ? ["generation-length"] : []];
+  for (const k of generationOptions) {
+    if (opts[k] !== undefined && (dataset.kind === "zsre" || genLength === 0)) {
+      throw new UsageError(
+        `--${k} is for the generation tests (GE, RS) of CounterFact, which ${
+          dataset.kind === "zsre" ? "a zsRE dataset does not have" : "--generation-length 0 skips"
+        }`,
+      );
+    }
+  }
   if (dataset.kind === "counterfact" && genLength > 0) {
     const snipsPath = (opts.snippets as string | undefined) ??
       join(dirname(datasetPath), "attribute_snippets.json");
@@ -1995,7 +2298,6 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
   const dir = editModelDir(opts);
   const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
   const base = baseModelHash(dir, model);
-  const layerOverride = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
   if (layerOverride !== undefined) layerInRange(model, layerOverride);
   let method: EditMethod | null = null;
   let disposeStats = () => {};
@@ -2009,17 +2311,16 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
     if (!ROME_VARIANTS.includes(variant)) {
       throw new UsageError(`--variant must be rome or r-rome (got '${variant}')`);
     }
-    if (opts.stats !== undefined && opts.npz !== undefined) {
-      throw new UsageError("give either --stats FILE or --npz FILE");
+    if (!hp.mom2_adjustment) {
+      refuseStatsOptions(opts, `these hparams (${opts.hparams ?? "the default"}: mom2_adjustment false)`);
     }
     const stats = hp.mom2_adjustment
       ? await layerStatsInterruptible(model, tokenizer, {
         layer,
         dir,
         baseHash: base,
-        corpus: opts.corpus as string | undefined,
-        samples: opts.samples === undefined ? hp.mom2_n_samples : intOption(opts, "samples", 0, 1),
-        file: (opts.stats ?? opts.npz) as string | undefined,
+        ...statsFrom,
+        defaultSamples: hp.mom2_n_samples,
         quiet: json,
       })
       : undefined;
@@ -2306,13 +2607,38 @@ function traceSettings(opts: Record<string, unknown>): TraceCliSettings {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  if (opts.subjects !== undefined && "absolute" in noiseSpec) {
+    throw new UsageError(
+      `--subjects sets the std σ_t of a relative --noise like '3x'; --noise ${opts.noise} is absolute`,
+    );
+  }
+  const samples = intOption(opts, "samples", DEFAULT_SAMPLES, 1);
+  const maxRows = opts["max-rows"] === undefined ? undefined : intOption(opts, "max-rows", 0, 1);
+  if (maxRows !== undefined && maxRows < samples) {
+    // a cell's samples run in one forward: fewer rows would silently be raised to the samples
+    throw new UsageError(
+      `--max-rows must be an integer ≥ --samples (${samples}): a cell's samples run in one forward ` +
+        `(got '${opts["max-rows"]}')`,
+    );
+  }
   return {
-    samples: intOption(opts, "samples", DEFAULT_SAMPLES, 1),
+    samples,
     window: opts.window === undefined ? undefined : intOption(opts, "window", DEFAULT_WINDOW, 1),
-    seed: intOption(opts, "seed", DEFAULT_TRACE_SEED),
-    maxRows: opts["max-rows"] === undefined ? undefined : intOption(opts, "max-rows", 0, 1),
+    seed: intOption(opts, "seed", DEFAULT_TRACE_SEED, 0, MAX_SEED),
+    maxRows,
     noiseSpec,
   };
+}
+
+/** --window sizes the mlp and attn kinds' restored windows: refused where neither is traced. */
+function windowUsed(opts: Record<string, unknown>, kinds: TraceKind[] | "severed", severed: boolean): void {
+  if (opts.window === undefined) return;
+  if (severed || kinds === "severed") {
+    throw new UsageError("--window is for the mlp and attn kinds' windows, not for severed paths");
+  }
+  if (!kinds.some((k) => k !== "hidden")) {
+    throw new UsageError("--window is for the mlp and attn kinds' windows, not for --kind hidden");
+  }
 }
 
 function traceKinds(opts: Record<string, unknown>, allowSevered: boolean): TraceKind[] | "severed" {
@@ -2452,16 +2778,22 @@ async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
   const prompt = fact?.prompt ?? requireText(opts, "prompt");
   const subject = fact?.subject ?? requireText(opts, "subject");
   const expect = (opts.expect as string | undefined) ?? fact?.attribute;
+  if (opts.limit !== undefined) throw new UsageError("--limit is for --facts (how many facts to trace)");
   const kinds = traceKinds(opts, true);
   const severArg = opts.sever === undefined ? undefined : String(opts.sever);
   if (severArg !== undefined && !["mlp", "attn", "both"].includes(severArg)) {
     throw new UsageError(`--sever must be mlp, attn or both (got '${severArg}')`);
   }
-  const sever: ("attn" | "mlp")[] | undefined = kinds === "severed" || severArg === "both"
+  // --sever traces severed paths: a --kind other than severed would be ignored
+  if (severArg !== undefined && opts.kind !== undefined && kinds !== "severed") {
+    throw new UsageError(`--sever traces severed paths, not --kind ${opts.kind}; drop one of them`);
+  }
+  const sever: ("attn" | "mlp")[] | undefined = severArg === "both" || (kinds === "severed" && !severArg)
     ? ["attn", "mlp"]
     : severArg
     ? [severArg as "attn" | "mlp"]
     : undefined;
+  windowUsed(opts, kinds, sever !== undefined);
   const settings = traceSettings(opts);
   const json = Boolean(opts.json);
   const t0 = performance.now();
@@ -2596,6 +2928,7 @@ async function traceFactsCli(opts: Record<string, unknown>): Promise<void> {
     if (opts[f] !== undefined) throw new UsageError(`--${f} is for single-prompt tracing, not --facts`);
   }
   const kinds = traceKinds(opts, false) as TraceKind[];
+  windowUsed(opts, kinds, false);
   const settings = traceSettings(opts);
   const onlyLayer = Boolean(opts["suggest-layer"]);
   if (onlyLayer && !kinds.includes("mlp")) throw new UsageError("--suggest-layer needs the mlp kind");

@@ -109,7 +109,12 @@ function main(args: string[]): void {
     },
   });
   if (values.help) return console.log(USAGE);
-  const port = values.port === undefined ? DEFAULT_PORT : Number(values.port);
+  // decimal digits only: Number("") is 0 (any free port) and Number("0x1F90") 8080, neither what was typed
+  const port = values.port === undefined
+    ? DEFAULT_PORT
+    : /^\d+$/.test(values.port)
+    ? Number(values.port)
+    : NaN;
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new Error(`--port must be an integer in 0..65535 (got '${values.port}')`);
   }

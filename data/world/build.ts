@@ -687,11 +687,33 @@ export function build(seed: number, outDir: string, log: (s: string) => void = c
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: { seed: { type: "string", default: "1" }, out: { type: "string" } },
-  });
-  const seed = Number(values.seed);
-  if (!Number.isInteger(seed)) throw new Error(`--seed must be an integer, got ${values.seed}`);
+  // A bad option is one line and exit code 2, as in cli.ts: `--seed -2` reaches the seed's own check
+  // (parseArgs would call it ambiguous), and makeRand's `seed >>> 0` would alias seeds outside 0..2³²−1.
+  const usage = (message: string): never => {
+    console.error(`error: ${message}`);
+    Deno.exit(2);
+  };
+  const args: string[] = [];
+  for (let i = 0; i < Deno.args.length; i++) {
+    const a = Deno.args[i], next = Deno.args[i + 1];
+    if (/^--(seed|out)$/.test(a) && next !== undefined && /^-(\d|\.\d|inf|nan)/i.test(next)) {
+      args.push(`${a}=${next}`);
+      i++;
+    } else args.push(a);
+  }
+  let values: { seed?: string; out?: string } = {};
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: { seed: { type: "string", default: "1" }, out: { type: "string" } },
+    }));
+  } catch (e) {
+    usage((e as Error).message);
+  }
+  const seed = /^\d+$/.test(values.seed ?? "") ? Number(values.seed) : NaN;
+  if (!(seed <= 2 ** 32 - 1)) {
+    usage(`--seed must be an integer from 0 to ${2 ** 32 - 1} (got '${values.seed}')`);
+  }
+  if (values.out === "") usage("--out must not be empty");
   build(seed, values.out ?? dirname(fileURLToPath(import.meta.url)));
 }
