@@ -12,9 +12,9 @@ export function testEngine(): Promise<Engine> {
   return getEngine();
 }
 
-// Let go of the shared device before the process exits. One CI run in four so far ended with
-// "free(): invalid pointer" after Deno's summary, with every test passed: an abort while the process tears
-// down with a live lavapipe device. Destroying the device first is an attempt to avoid that.
+// Let go of the shared device before the process exits. (This did not prevent the abort at exit that
+// `deno test` showed one run in 7-15: that comes from a WebGPU-using thread being torn down, which is why
+// `deno task test` runs the tests on the main thread; see tests/run.ts.)
 globalThis.addEventListener("unload", releaseEngine);
 
 /** mulberry32: small, fast, seeded; tests must be reproducible. */
