@@ -98,6 +98,9 @@ export function handler(o: ServeOptions): (req: Request) => Promise<Response> {
 }
 
 function main(args: string[]): void {
+  // `--port -1` as `--port=-1`: parseArgs would call it "ambiguous" before the port check sees it
+  args = args.map((a, i) => (a === "--port" && /^-\d/.test(args[i + 1] ?? "") ? `--port=${args[i + 1]}` : a))
+    .filter((_, i) => !(args[i - 1] === "--port" && /^-\d/.test(args[i])));
   const { values } = parseArgs({
     args,
     options: {
