@@ -110,12 +110,16 @@ export function computeKeyStar(
     });
     const K = captures.get("k")!, M = captures.get("out")!;
     const first = e.upload(Uint32Array.of(0), [1], "u32");
-    return {
+    const keys = {
       kStar: meanRows(K),
       kBare: selectRows(K, first).view([K.shape[1]]),
       outBare: selectRows(M, first).view([M.shape[1]]),
       outMean: meanRows(M),
     };
+    // forward's captures are the caller's (kept out of every scope, this one too): released here
+    K.dispose();
+    M.dispose();
+    return keys;
   });
   const all = [t.kStar, t.kBare, t.outBare, t.outMean];
   return { ...t, contexts, dispose: () => all.forEach((x) => x.dispose()) };

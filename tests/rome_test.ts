@@ -196,6 +196,7 @@ Deno.test("k*: k̄ is the float64 mean of the subject-last keys over the context
   const templates = ["{}", "Then the cat sat. {}", "On a mat. {}"];
   const layer = 1;
   try {
+    const live = engine.pool.stats.bytesLive;
     const keys = computeKeyStar(m, tokenizer, REQUEST, templates, layer);
     const [kStar, kBare, outBare, outMean] = await engine.readMany([
       keys.kStar,
@@ -227,6 +228,8 @@ Deno.test("k*: k̄ is the float64 mean of the subject-last keys over the context
     assertClose(outBare, bareOut!, { atol: 1e-5, rtol: 1e-4 }, "W k_bare + b");
     assertClose(outMean, wantOut, { atol: 1e-5, rtol: 1e-4 }, "mean W k + b");
     keys.dispose();
+    // the forward's captures are released too (they once leaked 60 KiB an edit; bench/soak.ts found it)
+    equal(engine.pool.stats.bytesLive, live, "k*: tensors left behind after dispose");
   } finally {
     disposeModel(m);
   }
