@@ -26,6 +26,18 @@ export interface GpuDevice {
   hasTimestamps: boolean;
   /** The first uncaptured error or device loss, if any; checked at every submit and readback. */
   takeError(): GpuError | undefined;
+  /**
+   * `p`, or a rejection with the loss once the device is lost or destroyed: a readback or a wait on a lost
+   * device never hangs, whatever the implementation does with its pending maps.
+   */
+  untilLost<T>(p: Promise<T>): Promise<T>;
+  /** Resolves when the device is lost (or destroyed), or after `ms` milliseconds, whichever is first. */
+  settleLoss(ms: number): Promise<void>;
+  /**
+   * Test-only (the device-loss drill, ROME_DRILL_DEVICE_LOSS): destroys the device and records it as lost,
+   * so that it is reported as a real loss is (an ordinary destroy() is not an error).
+   */
+  simulateLoss(why: string): void;
 }
 
 /** Limits we request at the adapter's own value (they only ever grow above the spec defaults). */
@@ -67,14 +79,23 @@ export async function openDevice(opts: DeviceOptions = {}): Promise<GpuDevice> {
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
   let pending: GpuError | undefined;
   let lost: GpuError | undefined;
+  let gone: GpuError | undefined; // lost, or destroyed on purpose: what pending waits are rejected with
+  const waiters = new Set<(e: GpuError) => void>();
   device.addEventListener("uncapturederror", (ev) => {
     const e = (ev as GPUUncapturedErrorEvent).error;
     pending ??= new GpuError(`WebGPU ${e.constructor?.name ?? "error"}: ${e.message}`);
   });
+  const goneWith = (e: GpuError) => {
+    gone ??= e;
+    for (const w of waiters) w(gone);
+    waiters.clear();
+  };
   device.lost.then((info) => {
+    // "destroyed" is engine.destroy() letting go of the device (not an error), unless the drill did it
     if (info.reason !== "destroyed") {
-      lost = new GpuError(`WebGPU device lost (${info.reason}): ${info.message}`);
+      lost ??= new GpuError(`the GPU device was lost (${info.reason}): ${info.message || "no message"}`);
     }
+    goneWith(lost ?? new GpuError(`the GPU device was destroyed: ${info.message || "no message"}`));
   });
 
   const limits: Record<string, number> = {};
@@ -101,6 +122,27 @@ export async function openDevice(opts: DeviceOptions = {}): Promise<GpuDevice> {
       const e = pending;
       pending = undefined;
       return e;
+    },
+    untilLost<T>(p: Promise<T>): Promise<T> {
+      if (gone) {
+        p.catch(() => {}); // settles on its own; its failure is not news
+        return Promise.reject(gone);
+      }
+      return new Promise<T>((resolve, reject) => {
+        waiters.add(reject);
+        p.then(resolve, reject).finally(() => waiters.delete(reject));
+      });
+    },
+    async settleLoss(ms: number): Promise<void> {
+      if (gone) return;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([device.lost, new Promise((r) => timer = setTimeout(r, ms))]);
+      clearTimeout(timer);
+    },
+    simulateLoss(why: string) {
+      lost ??= new GpuError(`the GPU device was lost (${why})`);
+      goneWith(lost);
+      device.destroy();
     },
   };
 }

@@ -361,6 +361,12 @@ export class Engine {
     }
     this.device.queue.submit([this.#encoder.finish()]);
     this.#counters.submits++;
+    if (this.#counters.submits === deviceLossDrill) {
+      const n = deviceLossDrill;
+      this.gpu.simulateLoss(
+        `destroyed by the ROME_DRILL_DEVICE_LOSS drill after ${n} submit${n === 1 ? "" : "s"}`,
+      );
+    }
     this.#encoder = undefined;
     this.#batch++;
     this.#batchDispatches = 0;
@@ -370,7 +376,7 @@ export class Engine {
   /** Waits for all submitted work; surfaces any GPU error it raised. */
   async sync(): Promise<void> {
     this.flush();
-    await this.device.queue.onSubmittedWorkDone();
+    await this.gpu.untilLost(this.device.queue.onSubmittedWorkDone());
     this.#throwPendingError();
   }
 
@@ -399,8 +405,10 @@ export class Engine {
     this.flush();
     this.#counters.readbacks++;
     try {
-      await staging.mapAsync(GPUMapMode.READ, 0, total);
+      await this.gpu.untilLost(staging.mapAsync(GPUMapMode.READ, 0, total));
     } catch (e) {
+      // a map fails when the device is lost, possibly before the lost promise settles: give it a moment
+      await this.gpu.settleLoss(100);
       this.#throwPendingError();
       throw new GpuError(`readback failed: ${(e as Error).message}`);
     }
@@ -449,6 +457,17 @@ function hostArray(dtype: DType, buf: ArrayBuffer): HostArray {
     default:
       return new Float32Array(buf);
   }
+}
+
+/** Test-only: the submit after which engines simulate a lost device (setDeviceLossDrill). */
+let deviceLossDrill: number | undefined;
+
+/**
+ * Test-only (the device-loss drill): every engine destroys its device right after its `afterSubmits`-th
+ * submit and reports it as lost, as a real loss would be. The CLI sets it from ROME_DRILL_DEVICE_LOSS.
+ */
+export function setDeviceLossDrill(afterSubmits: number | undefined): void {
+  deviceLossDrill = afterSubmits;
 }
 
 let defaultEngine: Promise<Engine> | undefined;
