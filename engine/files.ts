@@ -312,6 +312,45 @@ export async function readShardedSafetensors(dir: string): Promise<SafetensorsSo
 // Atomic writes
 // ---------------------------------------------------------------------------------------------
 
+/** Hits so far of each kill point (see `killPoint`), and the parsed ROME_DRILL_KILL_AT (null: off). */
+const killHits = new Map<string, number>();
+let killSpec: { point: string; n: number } | null | undefined;
+
+/**
+ * Test-only (tests/kill_test.ts): with ROME_DRILL_KILL_AT=POINT or POINT#N in the environment, the process
+ * SIGKILLs itself the N-th time (default the first) it reaches the write step named POINT (`*` counts every
+ * point), after a line `kill point POINT#N DETAIL` on stderr (`kill point *#N POINT DETAIL` for `*`).
+ * Points: `atomic:partial` (a temp file holds its first chunk), `atomic:written` (temp file complete, not
+ * renamed), `atomic:renamed`, `folder:partial` (a temp folder holds model.safetensors only),
+ * `folder:staged` (temp folder complete, not swapped in), `folder:moved-aside` (between the two renames of
+ * a swap), `folder:swapped` (before the old copy is removed), `edited:staged`, `edited:moved-aside`,
+ * `edited:swapped` (the same steps of an edited-model save), `stats:final-written` (the statistics file
+ * renamed, its checkpoint not yet removed).
+ */
+export function killPoint(point: string, detail = ""): void {
+  if (killSpec === undefined) {
+    killSpec = null;
+    try {
+      const state = Deno.permissions.querySync({ name: "env", variable: "ROME_DRILL_KILL_AT" }).state;
+      const raw = state === "granted" ? Deno.env.get("ROME_DRILL_KILL_AT") : undefined;
+      const m = raw ? /^([^#]+)(?:#(\d+))?$/.exec(raw) : null;
+      if (m) killSpec = { point: m[1], n: m[2] === undefined ? 1 : Number(m[2]) };
+    } catch { /* no environment access: never armed */ }
+  }
+  if (killSpec === null) return;
+  const key = killSpec.point === "*" ? "*" : point;
+  if (key !== killSpec.point) return;
+  const hit = (killHits.get(key) ?? 0) + 1;
+  killHits.set(key, hit);
+  if (hit !== killSpec.n) return;
+  const what = `${killSpec.point}#${hit}${key === "*" ? ` ${point}` : ""}`;
+  Deno.stderr.writeSync(new TextEncoder().encode(`kill point ${what} ${detail}\n`));
+  try {
+    Deno.kill(Deno.pid, "SIGKILL");
+  } catch { /* no --allow-run: the nearest thing */ }
+  Deno.exit(137);
+}
+
 function randomSuffix(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(6));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -337,11 +376,18 @@ export async function writeFileAtomic(
   let file: Deno.FsFile | undefined;
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
-    for await (const chunk of chunks) await writeAll(file, chunk);
+    let first = true;
+    for await (const chunk of chunks) {
+      await writeAll(file, chunk);
+      if (first) killPoint("atomic:partial", path);
+      first = false;
+    }
     await file.sync();
     file.close();
     file = undefined;
+    killPoint("atomic:written", path);
     await Deno.rename(tmp, path);
+    killPoint("atomic:renamed", path);
   } catch (e) {
     try {
       file?.close();

@@ -1,7 +1,13 @@
 // The Deno edge of model loading: a Hugging Face model folder on disk (config.json, safetensors single or
 // sharded, vocab.json + merges.txt or tokenizer.json). Browsers load the same pieces over fetch instead.
 import type { Engine } from "../engine.ts";
-import { assertNotPickle, exists, readShardedSafetensors, writeSafetensorsFile } from "../files.ts";
+import {
+  assertNotPickle,
+  exists,
+  killPoint,
+  readShardedSafetensors,
+  writeSafetensorsFile,
+} from "../files.ts";
 import { gpt2ConfigJson, parseGpt2Config } from "./config.ts";
 import { buildGpt2, CheckpointError, checkTokenizerFits, tiedEmbeddings } from "./load.ts";
 import type { Gpt2Model } from "./model.ts";
@@ -98,6 +104,7 @@ export async function saveGpt2Folder(dir: string, model: Gpt2Model, opts: SaveOp
       })),
       { format: "pt", ...opts.metadata },
     );
+    killPoint("folder:partial", tmp);
     for (const [file, tensors] of Object.entries(opts.extraTensors ?? {})) {
       await writeSafetensorsFile(
         `${tmp}/${file}`,
@@ -112,12 +119,15 @@ export async function saveGpt2Folder(dir: string, model: Gpt2Model, opts: SaveOp
       if (typeof contents === "string") await Deno.writeTextFile(`${tmp}/${file}`, contents);
       else await Deno.writeFile(`${tmp}/${file}`, contents);
     }
+    killPoint("folder:staged", tmp);
     let old: string | undefined;
     if (exists(dir)) {
       old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
       await Deno.rename(dir, old);
+      killPoint("folder:moved-aside", old);
     }
     await Deno.rename(tmp, dir);
+    if (old) killPoint("folder:swapped", dir);
     if (old) await Deno.remove(old, { recursive: true });
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
