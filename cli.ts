@@ -1,12 +1,12 @@
 // rome-webgpu command line: argument parsing, files and terminal output. Everything below this file
 // (engine/, kernels/, and later tracing/, rome/, eval/) is runtime-neutral and also runs in a browser.
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { getEngine } from "./engine/engine.ts";
+import { getEngine, setDeviceLossDrill } from "./engine/engine.ts";
 import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
 import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
 import { downloadModel, HubError } from "./engine/hub.ts";
 import { basename, dirname, join } from "node:path";
-import { exists, readSafetensorsFile, writeFileAtomic } from "./engine/files.ts";
+import { exists, killPoint, readSafetensorsFile, writeFileAtomic } from "./engine/files.ts";
 import type { Gpt2Config } from "./engine/gpt2/config.ts";
 import { buildGpt2 } from "./engine/gpt2/load.ts";
 import { expectedWeightShapes, type Gpt2Model } from "./engine/gpt2/model.ts";
@@ -50,7 +50,7 @@ import {
   type TraceKind,
 } from "./tracing/trace.ts";
 import { traceHeader, traceRecords } from "./tracing/prompt.ts";
-import { resolve } from "node:path";
+import { isAbsolute, relative, resolve } from "node:path";
 import type { Tensor } from "./engine/tensor.ts";
 import { checkLayer } from "./rome/compute.ts";
 import { executeRome, ROME_VARIANTS, type RomeEdit, type RomeVariant } from "./rome/edit.ts";
@@ -199,6 +199,8 @@ function parse(args: string[], options: Options, usage: string): Record<string, 
  * would not fire.
  */
 export class Progress {
+  /** Whether a bar was last drawn on the terminal without its line ended (an error then starts a new line). */
+  static #midLine = false;
   #start = performance.now();
   #lastDraw = 0;
   #lastDecile = -1;
@@ -221,6 +223,7 @@ export class Progress {
       const width = 24, fill = Math.round(frac * width);
       const bar = "█".repeat(fill) + "░".repeat(width - fill);
       Deno.stderr.writeSync(this.#enc.encode(`\r\x1b[K${bar} ${text}`));
+      Progress.#midLine = true;
     } else {
       const decile = Math.floor(frac * 10);
       if (decile === this.#lastDecile) return;
@@ -232,6 +235,13 @@ export class Progress {
   done(extra = ""): void {
     this.update(this.total, extra);
     if (this.#tty && !this.quiet) Deno.stderr.writeSync(this.#enc.encode("\n"));
+    Progress.#midLine = false;
+  }
+
+  /** Ends a bar's line left open by an error, so that the error gets a line of its own. */
+  static endLine(): void {
+    if (Progress.#midLine) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
+    Progress.#midLine = false;
   }
 }
 
@@ -253,9 +263,42 @@ function modelDir(opts: Record<string, unknown>): string {
   return editModelDir(opts);
 }
 
+/** Vulkan driver manifests: with none, wgpu on Linux can only use its (much slower) GL backend. */
+const VULKAN_ICD_DIRS = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"];
+
+function hasVulkanDriver(): boolean {
+  for (const dir of VULKAN_ICD_DIRS) {
+    try {
+      for (const e of Deno.readDirSync(dir)) if (e.name.endsWith(".json")) return true;
+    } catch { /* no such folder */ }
+  }
+  return false;
+}
+
+let adapterAdviceGiven = false;
+
+/**
+ * The process's engine. On Linux with only the GL fallback (no Vulkan driver at all) it says once, on stderr,
+ * which package makes every command about 4× faster: a trace took 1 min 29 s on GL and 20 s on lavapipe.
+ */
+async function openEngine() {
+  const engine = await getEngine();
+  if (
+    !adapterAdviceGiven && Deno.build.os === "linux" && engine.gpu.info.isFallbackAdapter &&
+    !hasVulkanDriver()
+  ) {
+    console.error(
+      "note: running on wgpu's GL fallback adapter; Mesa's software Vulkan is about 4× faster: " +
+        "apt-get install -y mesa-vulkan-drivers",
+    );
+  }
+  adapterAdviceGiven = true;
+  return engine;
+}
+
 async function loadModel(opts: Record<string, unknown>, quiet = false): Promise<LoadedModel> {
   const dir = modelDir(opts);
-  const engine = await getEngine();
+  const engine = await openEngine();
   const bar = new Progress(`loading ${dir}`, 1, quiet || Boolean(opts.json));
   const loaded = await loadGpt2Folder(engine, dir, {
     onTensor: (d, n) => {
@@ -462,7 +505,8 @@ const TRAIN_USAGE =
   `deno task train --config FILE --corpus FILE --out DIR [--tokenizer DIR] [--steps N] [--fresh] [--json]
   Trains a GPT-2-architecture model from scratch on a text corpus (documents separated by lines holding
   only <|endoftext|>) and writes Hugging Face checkpoints to DIR (config.json, model.safetensors,
-  vocab.json, merges.txt, plus trainer state). An interrupted run resumes from DIR's last checkpoint
+  vocab.json, merges.txt, plus trainer state). Each checkpoint replaces DIR whole, so DIR must be new,
+  empty or an earlier checkpoint, and hold no input. An interrupted run resumes from DIR's last checkpoint
   unless --fresh. --tokenizer defaults to the corpus's folder (vocab.json + merges.txt). --init starts
   from a model folder's weights (a second stage) instead of GPT-2's initialisation.`;
 
@@ -595,6 +639,25 @@ export async function train(opts: {
     layerNormEps: 1e-5,
   };
   const statePath = `${opts.out}/trainer_state.json`;
+  // Every checkpoint replaces the whole --out folder: it must be new, empty or an earlier checkpoint of
+  // train, and hold none of the run's inputs (a corpus or config inside it would be deleted).
+  const outAbs = resolve(opts.out);
+  for (const [flag, path] of [["--corpus", opts.corpus], ["--config", opts.config]]) {
+    const rel = relative(outAbs, resolve(path));
+    if (rel !== "" && !rel.startsWith("..") && !isAbsolute(rel)) {
+      throw new UsageError(
+        `${flag} '${path}' is inside --out '${opts.out}', which every checkpoint replaces; choose another --out`,
+      );
+    }
+  }
+  if (exists(opts.out) && !exists(statePath)) {
+    if (!Deno.statSync(opts.out).isDirectory || [...Deno.readDirSync(opts.out)].length > 0) {
+      throw new UsageError(
+        `--out '${opts.out}' exists and is not a training checkpoint (no trainer_state.json); every ` +
+          `checkpoint replaces the whole folder, so give a new or empty folder`,
+      );
+    }
+  }
   let resumed: { step: number; seconds: number; losses: [number, number][]; init?: string } | undefined;
   const initDir = opts.init === undefined ? undefined : resolve(opts.init);
   if (!opts.fresh && exists(statePath)) {
@@ -607,7 +670,7 @@ export async function train(opts: {
       );
     }
   }
-  const engine = await getEngine();
+  const engine = await openEngine();
   let model: Gpt2Model;
   if (resumed) {
     model = (await loadGpt2Folder(engine, opts.out)).model;
@@ -889,6 +952,12 @@ const DEFAULT_STATS_CORPUS = fileURLToPath(new URL("./data/world/corpus.txt", im
 export const shippedStatsPath = (dir: string, layer: number) => join(dir, shippedStatsFile(layer));
 /** Checkpoints of an interrupted statistics run are saved at most this often. */
 const STATS_CHECKPOINT_SECONDS = 30;
+/** The checkpoint interval; ROME_STATS_CHECKPOINT_SECONDS overrides it (tests/kill_test.ts: 0, every group). */
+function statsCheckpointSeconds(): number {
+  const raw = Deno.env.get("ROME_STATS_CHECKPOINT_SECONDS");
+  const s = raw === undefined || raw === "" ? NaN : Number(raw);
+  return Number.isFinite(s) && s >= 0 ? s : STATS_CHECKPOINT_SECONDS;
+}
 
 /** `${XDG_CACHE_HOME:-~/.cache}/rome-webgpu/<model hash>`: statistics and context templates of a model. */
 export function romeCacheDir(hash: string): string {
@@ -1247,7 +1316,7 @@ export async function layerStats(
     onProgress: (docs, tokens) =>
       bar.update(docs, `${((tokens - startTokens) / seconds()).toFixed(0)} tok/s`),
     checkpoint: {
-      due: () => performance.now() - lastSave > STATS_CHECKPOINT_SECONDS * 1000,
+      due: () => performance.now() - lastSave >= statsCheckpointSeconds() * 1000,
       save: async (s) => {
         lastSave = performance.now();
         if (s.cursor === samples) final = s;
@@ -1257,6 +1326,7 @@ export async function layerStats(
   });
   bar.done();
   await writeFileAtomic(path, enc(final!));
+  killPoint("stats:final-written", path);
   await Deno.remove(partial).catch(() => {});
   const C = model.engine.scope(() => model.engine.keep(secondMomentMatrix(run.mom2, run.count)));
   run.mom2.dispose();
@@ -1309,6 +1379,27 @@ deno task stats --npz FILE [--model DIR] [--out FILE] [--json]
   statistics (keys mom2.mom2, mom2.count; e.g. transformer.h.17.mlp.c_proj_float32_mom2_100000.npz),
   checks them against --model when given and converts them with --out.`;
 
+/**
+ * `stats --out` replaces the file it names: only a statistics file (one holding 'mom2') or a new path. A
+ * model's weights, a corpus or any other file the user owns is refused before any work starts.
+ */
+async function statsOutIsFree(out: string): Promise<void> {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(out);
+  } catch {
+    return; // a new file
+  }
+  if (!info.isFile) throw new UsageError(`--out '${out}' is a folder; name the statistics file to write`);
+  let isStats = false;
+  try {
+    isStats = (await readSafetensorsFile(out)).tensors.has("mom2");
+  } catch { /* not a safetensors file */ }
+  if (!isStats) {
+    throw new UsageError(`--out '${out}' exists and is not a statistics file; refusing to overwrite it`);
+  }
+}
+
 async function cmdStats(args: string[]): Promise<void> {
   const opts = parse(args, {
     ...MODEL_OPTION,
@@ -1320,6 +1411,7 @@ async function cmdStats(args: string[]): Promise<void> {
     json: { type: "boolean" },
   }, STATS_USAGE);
   const json = Boolean(opts.json);
+  if (opts.out !== undefined) await statsOutIsFree(opts.out as string);
   if (opts.npz !== undefined) return await statsFromNpz(opts);
   const request = statsRequest(opts);
   const explicitLayer = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
@@ -1515,12 +1607,15 @@ export async function saveEditedFolder(
       if (typeof data === "string") await Deno.writeTextFile(join(stage, rel), data);
       else await Deno.writeFile(join(stage, rel), data);
     }
+    killPoint("edited:staged", stage);
     let old: string | undefined;
     if (exists(out)) {
       old = `${out}.old-${crypto.randomUUID().slice(0, 8)}`;
       await Deno.rename(out, old);
+      killPoint("edited:moved-aside", old);
     }
     await Deno.rename(stage, out);
+    if (old) killPoint("edited:swapped", out);
     if (old) await Deno.remove(old, { recursive: true });
   } catch (e) {
     await Deno.remove(stage, { recursive: true }).catch(() => {});
@@ -2513,7 +2608,7 @@ const INFO_USAGE = `deno task info [--json]
 
 async function cmdInfo(args: string[]): Promise<void> {
   const opts = parse(args, { json: { type: "boolean" } }, INFO_USAGE);
-  const engine = await getEngine();
+  const engine = await openEngine();
   const info = engine.gpu.info;
   if (opts.json) {
     console.log(JSON.stringify(info, null, 2));
@@ -3048,14 +3143,41 @@ const USAGE = `usage: deno task <command> [options]   (or: deno run -A cli.ts <c
 commands: ${Object.keys(COMMANDS).join(", ")}
 Each command takes --help.`;
 
-/** Mesa's Vulkan loader complains on stderr when XDG_RUNTIME_DIR is unset; give it a private one. */
+/**
+ * Mesa's window-system code prints "error: XDG_RUNTIME_DIR is invalid or not set" twice per process when the
+ * variable is unset (containers, CI, ssh sessions), though nothing is displayed: give it a private folder,
+ * per user, before the first adapter request reads it.
+ */
 export function quietMesa(): void {
   if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return;
-  try {
-    const dir = "/tmp/xdg-runtime-rome-webgpu";
-    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    Deno.env.set("XDG_RUNTIME_DIR", dir);
-  } catch { /* only cosmetics */ }
+  const home = Deno.env.get("HOME");
+  const cache = Deno.env.get("XDG_CACHE_HOME") || (home ? join(home, ".cache") : undefined);
+  const candidates = [
+    cache && join(cache, "rome-webgpu", "runtime"),
+    `/tmp/rome-webgpu-runtime-${Deno.env.get("USER") ?? "user"}`,
+  ];
+  for (const dir of candidates) {
+    if (!dir) continue;
+    try {
+      Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+      Deno.env.set("XDG_RUNTIME_DIR", dir);
+      return;
+    } catch { /* not writable here: try the next; the warning itself is only cosmetic */ }
+  }
+}
+
+/**
+ * Test-only: ROME_DRILL_DEVICE_LOSS=N destroys the GPU device right after the engine's N-th submit and reports
+ * it as a lost device (tests/device_loss_test.ts checks that a loss is one error line and exit code 1).
+ */
+function deviceLossDrill(): number | undefined {
+  const raw = Deno.env.get("ROME_DRILL_DEVICE_LOSS");
+  if (raw === undefined || raw === "") return undefined;
+  const n = decimalValue(raw);
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new UsageError(`ROME_DRILL_DEVICE_LOSS must be an integer ≥ 1 (a submit count), got '${raw}'`);
+  }
+  return n;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -3067,10 +3189,12 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
+    setDeviceLossDrill(deviceLossDrill());
     await run(rest);
     return 0;
   } catch (e) {
     const err = e as Error;
+    Progress.endLine();
     if (Deno.env.get("ROME_DEBUG")) console.error(err.stack);
     console.error(`error: ${err.message}`);
     return err instanceof UsageError ? 2 : 1;

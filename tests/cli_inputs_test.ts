@@ -133,6 +133,12 @@ Deno.test("CLI: bad option values are one line naming the valid range, exit code
       [["trace", "--facts", KNOWN_FACTS, "--limit", "-1"], /--limit must be an integer ≥ 1 \(got '-1'\)/],
       // stats: --corpus that is not there used to print the shipped statistics and exit 0
       [["stats", "--corpus", "/nonexistent.txt"], /--corpus '\/nonexistent\.txt' not found/],
+      // stats --out replaced whatever file it named, a model's weights included
+      [
+        ["stats", "--out", corpus],
+        /--out '.*' exists and is not a statistics file; refusing to overwrite it/,
+      ],
+      [["stats", "--out", dir], /--out '.*' is a folder; name the statistics file to write/],
       [["stats", "--layer", "-2"], /--layer must be an integer ≥ 0 \(got '-2'\)/],
       [["stats", "--samples", "0"], /--samples must be an integer ≥ 1 \(got '0'\)/],
       [["stats", "--samples", "1e999"], /--samples must be an integer ≥ 1 \(got '1e999'\)/],
