@@ -6,7 +6,7 @@
 import { deepEqual, equal, match, notEqual, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { encodeSecondMoment } from "../rome/stats.ts";
-import { TINY_CONFIG, tinyVocab, writeTinyModel } from "./fixtures.ts";
+import { TINY_CONFIG, tinyCorpusText, tinyVocab, writeTinyModel } from "./fixtures.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CLI = join(ROOT, "cli.ts");
@@ -32,17 +32,6 @@ function messageLines(err: string): string[] {
   );
 }
 
-/** Documents separated by <|endoftext|> lines, in the tiny vocabulary's bytes. */
-function corpusText(docs: number, salt = ""): string {
-  const words = ["the", "cat", "sat", "on", "a", "mat", "in", "there", "with", "river", "tower", "is"];
-  return Array.from(
-    { length: docs },
-    (_, d) =>
-      salt +
-      Array.from({ length: 4 + (d * 7) % 9 }, (_, i) => words[(d * 5 + i * 3) % words.length]).join(" "),
-  ).join("\n<|endoftext|>\n") + "\n";
-}
-
 /** The corpus hash readStatsCorpus computes for one file: SHA-256 of its bytes and a 0 byte, 16 hex digits. */
 async function corpusHash(path: string): Promise<string> {
   const bytes = await Deno.readFile(path);
@@ -57,8 +46,8 @@ async function setup() {
   const model = join(dir, "model");
   await writeTinyModel(model, { seed: 3 });
   const corpus = join(dir, "corpus.txt"), other = join(dir, "other.txt");
-  await Deno.writeTextFile(corpus, corpusText(40));
-  await Deno.writeTextFile(other, corpusText(40, "there "));
+  await Deno.writeTextFile(corpus, tinyCorpusText(40));
+  await Deno.writeTextFile(other, tinyCorpusText(40, "there "));
   const { vocab, merges } = tinyVocab();
   await Deno.writeTextFile(join(dir, "vocab.json"), JSON.stringify(vocab));
   await Deno.writeTextFile(join(dir, "merges.txt"), merges);

@@ -100,3 +100,31 @@ export async function writeTinyModel(
 function shapeOf(c: Gpt2Config, name: string): number[] {
   return expectedWeightShapes(c).get(name)!;
 }
+
+/**
+ * `docs` short documents in the tiny vocabulary's bytes, each on its own lines and followed by an
+ * <|endoftext|> line (the corpus format of stats and train); `salt` starts every document.
+ */
+export function tinyCorpusText(docs: number, salt = ""): string {
+  const words = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "in",
+    "there",
+    "with",
+    "river",
+    "Eiffel",
+    "Tower",
+    "is",
+  ];
+  return Array.from(
+    { length: docs },
+    (_, d) =>
+      salt +
+      Array.from({ length: 4 + (d * 7) % 9 }, (_, i) => words[(d * 5 + i * 3) % words.length]).join(" "),
+  ).join("\n<|endoftext|>\n") + "\n<|endoftext|>\n";
+}

@@ -16,7 +16,7 @@ import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { decodePatch } from "../rome/patch.ts";
 import { decodeSecondMoment } from "../rome/stats.ts";
-import { TINY_CONFIG, tinyVocab } from "./fixtures.ts";
+import { TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
 import { randomGpt2Weights } from "./gpt2_reference.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -49,28 +49,8 @@ async function setup(): Promise<
     await Deno.writeTextFile(join(d, "merges.txt"), merges);
   }
   await Deno.writeTextFile(join(model, "config.json"), JSON.stringify(gpt2ConfigJson(CONFIG)));
-  const words = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "in",
-    "there",
-    "with",
-    "river",
-    "Eiffel",
-    "Tower",
-    "is",
-  ];
-  const docs = Array.from(
-    { length: DOCS },
-    (_, d) =>
-      Array.from({ length: 4 + (d * 7) % 9 }, (_, i) => words[(d * 5 + i * 3) % words.length]).join(" "),
-  );
   const corpus = join(corpusDir, "corpus.txt");
-  await Deno.writeTextFile(corpus, docs.join("\n<|endoftext|>\n") + "\n<|endoftext|>\n");
+  await Deno.writeTextFile(corpus, tinyCorpusText(DOCS));
   await Deno.writeTextFile(
     join(corpusDir, "train.json"),
     JSON.stringify({

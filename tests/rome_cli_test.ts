@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { readSafetensorsFile, writeSafetensorsFile } from "../engine/files.ts";
 import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
-import { TINY_CONFIG, tinyVocab } from "./fixtures.ts";
+import { TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
 import { randomGpt2Weights } from "./gpt2_reference.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -58,31 +58,6 @@ async function cli(args: string[], env: Record<string, string>) {
   return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
 }
 
-function corpusText(): string {
-  const words = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "in",
-    "there",
-    "with",
-    "river",
-    "Eiffel",
-    "Tower",
-    "is",
-  ];
-  const docs: string[] = [];
-  for (let d = 0; d < 40; d++) {
-    docs.push(
-      Array.from({ length: 4 + (d * 7) % 9 }, (_, i) => words[(d * 5 + i * 3) % words.length]).join(" "),
-    );
-  }
-  return docs.join("\n<|endoftext|>\n") + "\n<|endoftext|>\n";
-}
-
 /** Fewer templates and steps than the reference: the CLI plumbing is under test here, not v*. */
 const QUICK_HPARAMS = {
   layers: [1],
@@ -102,7 +77,7 @@ async function setup() {
   const dir = await Deno.makeTempDir({ prefix: "rome-cli-" });
   const model = join(dir, "model");
   await writeModel(model, 31);
-  await Deno.writeTextFile(join(dir, "corpus.txt"), corpusText());
+  await Deno.writeTextFile(join(dir, "corpus.txt"), tinyCorpusText(40));
   await Deno.writeTextFile(join(dir, "hparams.json"), JSON.stringify(QUICK_HPARAMS));
   const env = { XDG_CACHE_HOME: join(dir, "cache") };
   const edit = (extra: string[]) => [
