@@ -2,6 +2,7 @@
 // (engine/, kernels/, and later tracing/, rome/, eval/) is runtime-neutral and also runs in a browser.
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { getEngine, setDeviceLossDrill } from "./engine/engine.ts";
+import { hasVulkanDriver, quietMesa } from "./engine/host.ts";
 import { type LoadedModel, loadGpt2Folder, loadTokenizer } from "./engine/gpt2/folder.ts";
 import { generate, nextTokenLogprobs, topK } from "./engine/gpt2/generate.ts";
 import { downloadModel, HubError } from "./engine/hub.ts";
@@ -261,18 +262,6 @@ export const BUNDLED_MODEL = fileURLToPath(new URL("./models/world-gpt2", import
 /** The model folder: --model, or the bundled one; one that is not there is a usage error (exit code 2). */
 function modelDir(opts: Record<string, unknown>): string {
   return editModelDir(opts);
-}
-
-/** Vulkan driver manifests: with none, wgpu on Linux can only use its (much slower) GL backend. */
-const VULKAN_ICD_DIRS = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"];
-
-function hasVulkanDriver(): boolean {
-  for (const dir of VULKAN_ICD_DIRS) {
-    try {
-      for (const e of Deno.readDirSync(dir)) if (e.name.endsWith(".json")) return true;
-    } catch { /* no such folder */ }
-  }
-  return false;
 }
 
 let adapterAdviceGiven = false;
@@ -3142,29 +3131,6 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
 const USAGE = `usage: deno task <command> [options]   (or: deno run -A cli.ts <command> ...)
 commands: ${Object.keys(COMMANDS).join(", ")}
 Each command takes --help.`;
-
-/**
- * Mesa's window-system code prints "error: XDG_RUNTIME_DIR is invalid or not set" twice per process when the
- * variable is unset (containers, CI, ssh sessions), though nothing is displayed: give it a private folder,
- * per user, before the first adapter request reads it.
- */
-export function quietMesa(): void {
-  if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return;
-  const home = Deno.env.get("HOME");
-  const cache = Deno.env.get("XDG_CACHE_HOME") || (home ? join(home, ".cache") : undefined);
-  const candidates = [
-    cache && join(cache, "rome-webgpu", "runtime"),
-    `/tmp/rome-webgpu-runtime-${Deno.env.get("USER") ?? "user"}`,
-  ];
-  for (const dir of candidates) {
-    if (!dir) continue;
-    try {
-      Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      Deno.env.set("XDG_RUNTIME_DIR", dir);
-      return;
-    } catch { /* not writable here: try the next; the warning itself is only cosmetic */ }
-  }
-}
 
 /**
  * Test-only: ROME_DRILL_DEVICE_LOSS=N destroys the GPU device right after the engine's N-th submit and reports

@@ -18,9 +18,9 @@
 import { join, relative, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
+import { hasVulkanDriver, quietMesa } from "../engine/host.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const ICD_DIRS = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"];
 export const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
 
 function say(line: string): void {
@@ -34,16 +34,6 @@ function exists(path: string): boolean {
   } catch {
     return false;
   }
-}
-
-/** Any Vulkan driver manifest (a real GPU's or lavapipe's): without one wgpu can only use GL. */
-function hasVulkanDriver(): boolean {
-  for (const dir of ICD_DIRS) {
-    try {
-      for (const e of Deno.readDirSync(dir)) if (e.name.endsWith(".json")) return true;
-    } catch { /* no such folder */ }
-  }
-  return false;
 }
 
 async function run(
@@ -99,14 +89,6 @@ async function setUp(): Promise<string[]> {
     notes.push("GPU tests ran without lavapipe (a GL or other adapter)");
   }
   return notes;
-}
-
-/** Mesa's Wayland/X11 code prints an error twice per process when XDG_RUNTIME_DIR is unset. */
-function privateRuntimeDir(): void {
-  if (Deno.env.get("XDG_RUNTIME_DIR") || Deno.build.os !== "linux") return;
-  const dir = join(Deno.env.get("TMPDIR") ?? "/tmp", `rome-webgpu-runtime-${Deno.uid()}`);
-  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  Deno.env.set("XDG_RUNTIME_DIR", dir);
 }
 
 // ------------------------------------------------------------------ the runner
@@ -270,7 +252,7 @@ async function main(args: string[]): Promise<number> {
     }
   }
   const notes = await setUp();
-  privateRuntimeDir();
+  quietMesa();
   // Type-check first, as `deno test` does (a dynamic import is not checked by `deno run --check`).
   const check = await new Deno.Command(Deno.execPath(), {
     args: ["check", "--quiet", ...testFiles(paths)],

@@ -1,11 +1,9 @@
 // Shared test helpers: a seeded RNG, float64 comparison with stated tolerances, the shared engine.
 import { Engine, getEngine, releaseEngine } from "../engine/engine.ts";
+import { quietMesa } from "../engine/host.ts";
 
-// Mesa's Vulkan loader complains on stderr without XDG_RUNTIME_DIR (cli.ts does the same for users).
-if (!Deno.env.get("XDG_RUNTIME_DIR")) {
-  Deno.mkdirSync("/tmp/xdg-runtime-rome-webgpu", { recursive: true, mode: 0o700 });
-  Deno.env.set("XDG_RUNTIME_DIR", "/tmp/xdg-runtime-rome-webgpu");
-}
+// Mesa complains on stderr without XDG_RUNTIME_DIR (`deno test FILE` does not go through tests/run.ts).
+quietMesa();
 
 /** The engine every GPU test shares (one device per test process). Fails loudly without an adapter. */
 export function testEngine(): Promise<Engine> {
