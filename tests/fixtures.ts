@@ -128,3 +128,18 @@ export function tinyCorpusText(docs: number, salt = ""): string {
       Array.from({ length: 4 + (d * 7) % 9 }, (_, i) => words[(d * 5 + i * 3) % words.length]).join(" "),
   ).join("\n<|endoftext|>\n") + "\n<|endoftext|>\n";
 }
+
+/** Fewer templates and steps than the reference: the CLI plumbing is under test here, not v*. */
+export const QUICK_ROME_HPARAMS = {
+  layers: [1],
+  fact_token: "subject_last",
+  v_num_grad_steps: 6,
+  v_lr: 0.5,
+  v_loss_layer: 2,
+  v_weight_decay: 0.5,
+  clamp_norm_factor: 4,
+  kl_factor: 0.0625,
+  mom2_adjustment: true,
+  context_template_length_params: [[5, 2], [10, 2]],
+  mom2_n_samples: 100000,
+};

@@ -16,7 +16,7 @@ import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { decodePatch } from "../rome/patch.ts";
 import { decodeSecondMoment } from "../rome/stats.ts";
-import { TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
+import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
 import { randomGpt2Weights } from "./gpt2_reference.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -61,19 +61,7 @@ async function setup(): Promise<
   const hparams = join(input, "hparams.json");
   await Deno.writeTextFile(
     hparams,
-    JSON.stringify({
-      layers: [1],
-      fact_token: "subject_last",
-      v_num_grad_steps: 6,
-      v_lr: 0.5,
-      v_loss_layer: 2,
-      v_weight_decay: 0.5,
-      clamp_norm_factor: 4,
-      kl_factor: 0.0625,
-      mom2_adjustment: true,
-      context_template_length_params: [[5, 2], [10, 2]],
-      mom2_n_samples: 100000,
-    }),
+    JSON.stringify(QUICK_ROME_HPARAMS),
   );
   await Deno.mkdir(join(dir, "out"));
   return { dir, input, model, corpus, hparams };

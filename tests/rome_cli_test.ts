@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { readSafetensorsFile, writeSafetensorsFile } from "../engine/files.ts";
 import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
-import { TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
+import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
 import { randomGpt2Weights } from "./gpt2_reference.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -58,27 +58,12 @@ async function cli(args: string[], env: Record<string, string>) {
   return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
 }
 
-/** Fewer templates and steps than the reference: the CLI plumbing is under test here, not v*. */
-const QUICK_HPARAMS = {
-  layers: [1],
-  fact_token: "subject_last",
-  v_num_grad_steps: 6,
-  v_lr: 0.5,
-  v_loss_layer: 2,
-  v_weight_decay: 0.5,
-  clamp_norm_factor: 4,
-  kl_factor: 0.0625,
-  mom2_adjustment: true,
-  context_template_length_params: [[5, 2], [10, 2]],
-  mom2_n_samples: 100000,
-};
-
 async function setup() {
   const dir = await Deno.makeTempDir({ prefix: "rome-cli-" });
   const model = join(dir, "model");
   await writeModel(model, 31);
   await Deno.writeTextFile(join(dir, "corpus.txt"), tinyCorpusText(40));
-  await Deno.writeTextFile(join(dir, "hparams.json"), JSON.stringify(QUICK_HPARAMS));
+  await Deno.writeTextFile(join(dir, "hparams.json"), JSON.stringify(QUICK_ROME_HPARAMS));
   const env = { XDG_CACHE_HOME: join(dir, "cache") };
   const edit = (extra: string[]) => [
     "edit",
