@@ -58,27 +58,26 @@ import { executeRome, ROME_VARIANTS, type RomeEdit, type RomeVariant } from "./r
 import {
   DEFAULT_GENERATION_TOKENS,
   evaluateRequest,
-  type Evaluation,
   type EvaluationPrompts,
   type TargetProbabilities,
 } from "./rome/evaluate.ts";
 import { defaultHparams, HparamsError, parseHparams, type RomeHparams } from "./rome/hparams.ts";
 import { NpzError, readReferenceMom2 } from "./rome/npz.ts";
 import {
+  buildPatch,
   checkApply,
   checkRevert,
   decodePatch,
   type EditsLog,
   emptyEditsLog,
-  encodePatch,
   logEntry,
   matrixHash,
   modelContentHash,
   parseEditsLog,
+  patchBytes,
   PatchError,
-  patchId,
   readMatrix,
-  type RomePatch,
+  rewriteProbabilities,
   xorMatrix,
 } from "./rome/patch.ts";
 import { fillTemplate, normalizeRequest, type RequestInput, RomeInputError } from "./rome/request.ts";
@@ -1869,38 +1868,21 @@ async function editOnce(opts: Record<string, unknown>): Promise<void> {
   const wantFiles = out !== undefined || opts.patch !== undefined;
   const hashAfter = wantFiles ? await modelContentHash(model) : "";
   if (wantFiles) model.hash = hashAfter;
-  const probs = (e: Evaluation) => ({
-    target_new: e.rewrite.target_new,
-    ...(e.rewrite.target_true !== undefined ? { target_true: e.rewrite.target_true } : {}),
-  });
   let patchInfo: { id: string; file?: string } | undefined;
   if (wantFiles) {
-    const patch: RomePatch = {
-      meta: {
-        id: await patchId(edit.matrix, edit.matrixHashBefore, hashBefore, edit.xor),
-        layer,
-        matrix: edit.matrix,
-        variant,
-        request: { ...request, ...(caseId !== undefined ? { case_id: caseId } : {}) },
-        hparams: { ...hp },
-        seed,
-        model_hash_before: hashBefore,
-        model_hash_after: hashAfter,
-        matrix_hash_before: edit.matrixHashBefore,
-        matrix_hash_after: edit.matrixHashAfter,
-        c_hash: stats?.id ?? "identity",
-        pre: probs(pre),
-        post: probs(post),
-        delta_norm: edit.deltaNorm,
-        created: new Date().toISOString(),
-      },
-      u: edit.u,
-      lambda: edit.lambda,
-      key: edit.key,
-      vStar: edit.vStar,
-      xor: edit.xor,
-    };
-    const bytes = concatBytes(encodePatch(patch));
+    const patch = await buildPatch(edit, {
+      layer,
+      variant,
+      request: { ...request, ...(caseId !== undefined ? { case_id: caseId } : {}) },
+      hparams: hp,
+      seed,
+      c_hash: stats?.id ?? "identity",
+      hashBefore,
+      hashAfter,
+      pre,
+      post,
+    });
+    const bytes = patchBytes(patch);
     patchInfo = { id: patch.meta.id };
     if (opts.patch !== undefined) {
       await writeFileAtomic(opts.patch as string, [bytes]);
@@ -1927,8 +1909,8 @@ async function editOnce(opts: Record<string, unknown>): Promise<void> {
     layer,
     variant,
     hparams: hpSource,
-    pre: probs(pre),
-    post: probs(post),
+    pre: rewriteProbabilities(pre),
+    post: rewriteProbabilities(post),
     paraphrases: pre.paraphrases.map((p, i) => pair(p, post.paraphrases[i])),
     neighbours: pre.neighbours.map((p, i) => pair(p, post.neighbours[i])),
     generations: pre.generations.map((g, i) => ({
@@ -1985,13 +1967,6 @@ async function editOnce(opts: Record<string, unknown>): Promise<void> {
   if (patchInfo?.file) console.log(`wrote patch ${patchInfo.id} to ${patchInfo.file}`);
   if (out !== undefined) console.log(`saved the edited model to ${out} (edits.json lists ${patchInfo!.id})`);
   if (!wantFiles) console.log("(not saved: --out DIR saves the edited model, --patch FILE the patch)");
-}
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) (out.set(p, at), at += p.byteLength);
-  return out;
 }
 
 async function applyOrRevert(opts: Record<string, unknown>, mode: "apply" | "revert"): Promise<void> {

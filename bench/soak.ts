@@ -37,14 +37,13 @@ import { executeRome } from "../rome/edit.ts";
 import { DEFAULT_GENERATION_TOKENS, evaluateRequest } from "../rome/evaluate.ts";
 import { defaultHparams } from "../rome/hparams.ts";
 import {
+  buildPatch,
   checkRevert,
   decodePatch,
-  encodePatch,
   matrixHash,
   modelContentHash,
-  patchId,
+  patchBytes,
   readMatrix,
-  type RomePatch,
   xorMatrix,
 } from "../rome/patch.ts";
 import { normalizeRequest } from "../rome/request.ts";
@@ -215,38 +214,19 @@ async function editOnce(i: number): Promise<{ post: string; reverted: string }> 
   }
   const post = await evaluateRequest(model, tokenizer, request, prompts, gen);
   const hashAfter = await modelContentHash(model);
-  const probs = (e: typeof pre) => ({
-    target_new: e.rewrite.target_new,
-    ...(e.rewrite.target_true !== undefined ? { target_true: e.rewrite.target_true } : {}),
+  const patch = await buildPatch(edit, {
+    layer,
+    variant: "rome",
+    request: { ...request, case_id: caseId },
+    hparams: hp,
+    seed: DEFAULT_TEMPLATE_SEED,
+    c_hash: statsPath,
+    hashBefore,
+    hashAfter,
+    pre,
+    post,
   });
-  const patch: RomePatch = {
-    meta: {
-      id: await patchId(edit.matrix, edit.matrixHashBefore, hashBefore, edit.xor),
-      layer,
-      matrix: edit.matrix,
-      variant: "rome",
-      request: { ...request, case_id: caseId },
-      hparams: { ...hp },
-      seed: DEFAULT_TEMPLATE_SEED,
-      model_hash_before: hashBefore,
-      model_hash_after: hashAfter,
-      matrix_hash_before: edit.matrixHashBefore,
-      matrix_hash_after: edit.matrixHashAfter,
-      c_hash: statsPath,
-      pre: probs(pre),
-      post: probs(post),
-      delta_norm: edit.deltaNorm,
-      created: new Date().toISOString(),
-    },
-    u: edit.u,
-    lambda: edit.lambda,
-    key: edit.key,
-    vStar: edit.vStar,
-    xor: edit.xor,
-  };
-  const parts = encodePatch(patch);
-  const bytes = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  parts.reduce((at, p) => (bytes.set(p, at), at + p.byteLength), 0);
+  const bytes = patchBytes(patch);
   // --revert: the patch read back, checked against the matrix, and XORed out
   const back = decodePatch(bytes, "soak.patch");
   const W = model.w(back.meta.matrix);

@@ -172,6 +172,82 @@ export function encodePatch(p: RomePatch): Uint8Array[] {
   ], md);
 }
 
+/** What an executed edit contributes to its patch (rome/edit.ts's RomeEdit has these fields). */
+export interface EditForPatch {
+  matrix: string;
+  matrixHashBefore: string;
+  matrixHashAfter: string;
+  deltaNorm: number;
+  u: Float32Array;
+  lambda: Float32Array;
+  key: Float32Array;
+  vStar: Float32Array;
+  xor: Uint32Array;
+}
+
+/** The rewrite prompt's target probabilities, as rome/evaluate.ts reports them. */
+interface RewriteProbabilities {
+  rewrite: { target_new: number; target_true?: number };
+}
+
+/** The targets' probabilities on the rewrite prompt, as a patch (and `edit --json`) records them. */
+export function rewriteProbabilities(e: RewriteProbabilities): Record<string, number> {
+  return {
+    target_new: e.rewrite.target_new,
+    ...(e.rewrite.target_true !== undefined ? { target_true: e.rewrite.target_true } : {}),
+  };
+}
+
+/**
+ * The patch of an executed edit: its math from `edit`, its provenance from `context` (the CLI's `edit`,
+ * the soak and any other caller record the same fields the same way).
+ */
+export async function buildPatch(
+  edit: EditForPatch,
+  context: Pick<PatchMeta, "layer" | "variant" | "request" | "hparams" | "seed" | "c_hash"> & {
+    hashBefore: string;
+    hashAfter: string;
+    pre: RewriteProbabilities;
+    post: RewriteProbabilities;
+  },
+): Promise<RomePatch> {
+  const probs = rewriteProbabilities;
+  return {
+    meta: {
+      id: await patchId(edit.matrix, edit.matrixHashBefore, context.hashBefore, edit.xor),
+      layer: context.layer,
+      matrix: edit.matrix,
+      variant: context.variant,
+      request: context.request,
+      hparams: { ...context.hparams },
+      seed: context.seed,
+      model_hash_before: context.hashBefore,
+      model_hash_after: context.hashAfter,
+      matrix_hash_before: edit.matrixHashBefore,
+      matrix_hash_after: edit.matrixHashAfter,
+      c_hash: context.c_hash,
+      pre: probs(context.pre),
+      post: probs(context.post),
+      delta_norm: edit.deltaNorm,
+      created: new Date().toISOString(),
+    },
+    u: edit.u,
+    lambda: edit.lambda,
+    key: edit.key,
+    vStar: edit.vStar,
+    xor: edit.xor,
+  };
+}
+
+/** A patch file's bytes in one buffer. */
+export function patchBytes(p: RomePatch): Uint8Array {
+  const parts = encodePatch(p);
+  const out = new Uint8Array(parts.reduce((n, q) => n + q.byteLength, 0));
+  let at = 0;
+  for (const q of parts) (out.set(q, at), at += q.byteLength);
+  return out;
+}
+
 /** Parses a patch file's bytes; a PatchError names what is wrong ("malformed patch FILE: ..."). */
 export function decodePatch(bytes: Uint8Array, file: string): RomePatch {
   const bad = (why: string): never => {
