@@ -99,9 +99,10 @@ import {
 } from "./rome/stats.ts";
 import { DEFAULT_TEMPLATE_SEED, generateContextTemplates, parseContextTemplates } from "./rome/templates.ts";
 import { type CounterFactCase, counterFactEdit } from "./rome/cases.ts";
+import { InputError } from "./engine/errors.ts";
 
 /** A mistake in how the command was called: printed as one line, exit code 2. */
-export class UsageError extends Error {
+export class UsageError extends InputError {
   override name = "UsageError";
 }
 
@@ -3138,7 +3139,7 @@ export async function main(argv: string[]): Promise<number> {
     Progress.endLine();
     if (Deno.env.get("ROME_DEBUG")) console.error(err.stack);
     console.error(`error: ${err.message}`);
-    return err instanceof UsageError ? 2 : 1;
+    return err instanceof InputError ? 2 : 1;
   }
 }
 

@@ -12,6 +12,7 @@ import {
   type StTensorInfo,
   type StTensorInput,
 } from "./safetensors.ts";
+import { InputError } from "./errors.ts";
 
 /** A readable set of tensors: one file, or a sharded checkpoint merged into one view. */
 export interface SafetensorsSource {
@@ -41,7 +42,7 @@ export const PICKLE_REFUSAL_MESSAGE =
 const PICKLE_NAMES = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
 const PICKLE_EXTENSIONS = [".bin", ".pt", ".pth", ".ckpt", ".pkl"];
 
-export class PickleCheckpointError extends Error {
+export class PickleCheckpointError extends InputError {
   constructor(path: string, dir: string) {
     super(`${path}: ${PICKLE_REFUSAL_MESSAGE.replaceAll("DIR", dir)}`);
     this.name = "PickleCheckpointError";

@@ -12,6 +12,7 @@
  * The header is untrusted input: every number in it is checked before it is used to slice
  * memory, and every failure is a `SafetensorsError` naming the file (and tensor).
  */
+import { InputError } from "./errors.ts";
 
 export type StDtype = "F32" | "F16" | "BF16" | "F64" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
 
@@ -62,7 +63,7 @@ export const MAX_HEADER_SIZE = 100_000_000;
 
 const METADATA_KEY = "__metadata__";
 
-export class SafetensorsError extends Error {
+export class SafetensorsError extends InputError {
   readonly fileName: string;
   readonly tensorName: string | undefined;
 

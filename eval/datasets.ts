@@ -3,8 +3,9 @@
 // reference's list form or the nested {relation: {target: [...]}} form), and zsRE records
 // (`zsre_mend_eval.json`, MEND's split), converted to requests as dsets/zsre.py does. Runtime-neutral:
 // JSON values in, checked records out; a DatasetError names the file, the record and the field.
+import { InputError } from "../engine/errors.ts";
 
-export class DatasetError extends Error {
+export class DatasetError extends InputError {
   override name = "DatasetError";
 }
 

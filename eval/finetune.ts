@@ -27,6 +27,7 @@ import ftWorld from "./hparams/ft-world-gpt2.json" with { type: "json" };
 import ftlWorld from "./hparams/ft-l-world-gpt2.json" with { type: "json" };
 import ftXl from "./hparams/ft-gpt2-xl.json" with { type: "json" };
 import ftlXl from "./hparams/ft-l-gpt2-xl.json" with { type: "json" };
+import { InputError } from "../engine/errors.ts";
 
 /** ft_main.py stops (and skips the step) once the loss is below 1e-2 (the paper's text says 0.03). */
 export const FT_LOSS_STOP = 1e-2;
@@ -45,7 +46,7 @@ export interface FtHparams {
   [extra: string]: unknown;
 }
 
-export class FtHparamsError extends Error {
+export class FtHparamsError extends InputError {
   override name = "FtHparamsError";
 }
 

@@ -11,6 +11,7 @@ import type { CounterFactRecord, EvalDataset, ZsreRecord } from "./datasets.ts";
 import { counterFactMetrics, type GenerationTests, zsreMetrics } from "./measure.ts";
 import { type CaseMetrics, type CaseResult, type RunIdentity, runKey, shardItems } from "./metrics.ts";
 import { type AppliedEdit, type EditMethod, revertEdit } from "./methods.ts";
+import { InputError } from "../engine/errors.ts";
 
 /** Where case results are kept (case_<id>.json files for the CLI). */
 export interface CaseStore {
@@ -25,7 +26,7 @@ export interface PreStore {
 }
 
 /** Results of another run where this one would write (a different method, hparams, model or settings). */
-export class RunConflictError extends Error {
+export class RunConflictError extends InputError {
   override name = "RunConflictError";
 }
 

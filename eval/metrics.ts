@@ -2,6 +2,7 @@
 // experiments/summarize.py): per case, the mean over its prompts; over cases, mean, standard deviation
 // and the 95% interval 1.96·std/√n; S the harmonic mean of the case-averaged ES, PS and NS (zsRE: of
 // the three accuracies); everything but time ×100. Pure functions on plain records; runtime-neutral.
+import { InputError } from "../engine/errors.ts";
 
 /** Mean per-token NLLs of the two targets after one prompt (test_batch_prediction; lower = more likely). */
 export interface TargetNll {
@@ -280,7 +281,7 @@ export function runKey(run: RunIdentity): string {
   return canonicalJson(run);
 }
 
-export class MergeError extends Error {
+export class MergeError extends InputError {
   override name = "MergeError";
 }
 

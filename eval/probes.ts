@@ -9,9 +9,10 @@ import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import { crossEntropy } from "../engine/ops/loss.ts";
 import { argmax } from "../engine/ops/reduce.ts";
 import type { TargetNll } from "./metrics.ts";
+import { InputError } from "../engine/errors.ts";
 
 /** A prompt or target the model cannot take (empty, or longer than its context): one line, names the text. */
-export class EvalInputError extends Error {
+export class EvalInputError extends InputError {
   override name = "EvalInputError";
 }
 

@@ -7,6 +7,7 @@ import gpt2Medium from "./hparams/gpt2-medium.json" with { type: "json" };
 import gpt2Large from "./hparams/gpt2-large.json" with { type: "json" };
 import gpt2Xl from "./hparams/gpt2-xl.json" with { type: "json" };
 import worldGpt2 from "./hparams/world-gpt2.json" with { type: "json" };
+import { InputError } from "../engine/errors.ts";
 
 /** The hyperparameters ROME's math reads (the reference's key names; other keys are kept but unused). */
 export interface RomeHparams {
@@ -42,7 +43,7 @@ export interface RomeHparams {
 /** The reference's values where a file leaves a key out (gpt2-xl.json before `context_template_length_params` existed). */
 const DEFAULT_CONTEXT_PARAMS: [number, number][] = [[5, 10], [10, 10]];
 
-export class HparamsError extends Error {
+export class HparamsError extends InputError {
   override name = "HparamsError";
 }
 

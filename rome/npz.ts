@@ -3,8 +3,9 @@
 // stored or deflated (np.savez / np.savez_compressed), with zip64 extensions (numpy writes them);
 // arrays may be <f4, <f8 or little-endian integers, C or Fortran order. Runtime-neutral: inflation uses
 // the web-standard DecompressionStream("deflate-raw").
+import { InputError } from "../engine/errors.ts";
 
-export class NpzError extends Error {
+export class NpzError extends InputError {
   override name = "NpzError";
 }
 

@@ -15,6 +15,7 @@
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { ContentHash } from "../engine/gpt2/load.ts";
 import { parseSafetensorsHeader, readTensorRaw, serializeSafetensors } from "../engine/safetensors.ts";
+import { InputError } from "../engine/errors.ts";
 
 export const PATCH_FORMAT = "rome-webgpu-patch";
 export const PATCH_VERSION = 1;
@@ -54,7 +55,7 @@ export interface RomePatch {
   xor: Uint32Array;
 }
 
-export class PatchError extends Error {
+export class PatchError extends InputError {
   override name = "PatchError";
 }
 

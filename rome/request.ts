@@ -1,6 +1,7 @@
 // An edit request (reference §2.1) and the token-index rules every ROME stage shares (§2.3).
 // Runtime-neutral.
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
+import { InputError } from "../engine/errors.ts";
 
 /** A request as the user gives it: prompt with one "{}" for the subject (or with the subject written out). */
 export interface RequestInput {
@@ -20,7 +21,7 @@ export interface RomeRequest {
 }
 
 /** Bad input to an edit: one line naming the problem and the fix (the CLI prints it without a stack). */
-export class RomeInputError extends Error {
+export class RomeInputError extends InputError {
   override name = "RomeInputError";
 }
 

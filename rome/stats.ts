@@ -16,6 +16,7 @@ import { matmul } from "../engine/ops/matmul.ts";
 import { scale } from "../engine/ops/elementwise.ts";
 import { parseSafetensorsHeader, readTensorRaw, serializeSafetensors } from "../engine/safetensors.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { InputError } from "../engine/errors.ts";
 
 /** Documents by index, each already tokenized (the caller truncates nothing; this module cuts at n_positions). */
 export interface CorpusDocuments {
@@ -62,7 +63,7 @@ export interface SecondMoment {
   documents: number;
 }
 
-export class StatsError extends Error {
+export class StatsError extends InputError {
   override name = "StatsError";
 }
 

@@ -1,6 +1,7 @@
 // Fact files in the format of ROME's `known_1000.json` (reference §1.1): an array of records with
 // `known_id`, `subject`, `attribute`, `prompt` (and `template`, `prediction`, `relation_id`, unused here).
 // Parsing only; reading the file is the caller's business (cli.ts on Deno, fetch in a browser).
+import { InputError } from "../engine/errors.ts";
 
 export interface KnownFact {
   known_id: number;
@@ -19,7 +20,7 @@ export interface KnownFact {
 export const EXAMPLE_KNOWN_ID = 12;
 
 /** A malformed facts file; the message is one line naming the file and the record. */
-export class FactsFormatError extends Error {
+export class FactsFormatError extends InputError {
   override name = "FactsFormatError";
 }
 

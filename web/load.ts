@@ -7,9 +7,10 @@ import { buildGpt2, checkTokenizerFits, type TensorSource, tiedEmbeddings } from
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import { parseSafetensorsHeader, readTensorF32 } from "../engine/safetensors.ts";
+import { InputError } from "../engine/errors.ts";
 
 /** A file the page needs and the server does not have (404): callers turn it into advice. */
-export class MissingFileError extends Error {
+export class MissingFileError extends InputError {
   override name = "MissingFileError";
   constructor(readonly url: string) {
     super(`${url} not found on the server`);

@@ -33,6 +33,7 @@ import {
   type TraceKind,
 } from "../tracing/trace.ts";
 import { fetchBytes, fetchJson, loadRemoteModel, MissingFileError } from "./load.ts";
+import { InputError } from "../engine/errors.ts";
 
 /** Where the server (web/serve.ts) puts the model folder and the facts world's files. */
 export const MODEL_URL = "model/";
@@ -46,7 +47,7 @@ export type LoadStage = "weights" | "gpu" | "facts" | "noise";
 export type LoadProgress = (stage: LoadStage, done: number, total: number) => void;
 
 /** Statistics C could not be had: the message says which file and how to make it. */
-export class StatsMissingError extends Error {
+export class StatsMissingError extends InputError {
   override name = "StatsMissingError";
 }
 

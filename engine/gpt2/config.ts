@@ -1,4 +1,5 @@
 // GPT-2 configuration, read from a Hugging Face `config.json` (GPT2Config field names).
+import { InputError } from "../errors.ts";
 
 export interface Gpt2Config {
   /** Layers (`n_layer`). */
@@ -15,7 +16,7 @@ export interface Gpt2Config {
   layerNormEps: number;
 }
 
-export class ConfigError extends Error {
+export class ConfigError extends InputError {
   override name = "ConfigError";
 }
 

@@ -4,6 +4,7 @@ import type { Engine } from "../engine.ts";
 import { shapeStr } from "../tensor.ts";
 import type { Gpt2Config } from "./config.ts";
 import { expectedWeightShapes, Gpt2Model, type Gpt2Weights } from "./model.ts";
+import { InputError } from "../errors.ts";
 
 export interface TensorSource {
   /** Tensor names and shapes as stored. */
@@ -14,7 +15,7 @@ export interface TensorSource {
   describe(name: string): string;
 }
 
-export class CheckpointError extends Error {
+export class CheckpointError extends InputError {
   override name = "CheckpointError";
 }
 
