@@ -3,9 +3,9 @@
 // the backward), and the memory-bound ops (gather, scatter-add, casts, row copies) in GB/s of bytes moved.
 // The comparison printed beside each is its own roofline quantity, so runs on different devices compare.
 import { type Engine, getEngine } from "../engine/engine.ts";
-import { attention, attentionBackward } from "../engine/ops/attention.ts";
-import { castF16ToF32, castF32ToF16, copyRows } from "../engine/ops/copy.ts";
-import { gatherRows, scatterAddRows } from "../engine/ops/gather.ts";
+import { attentionBackward, launchAttention } from "../engine/launch/attention.ts";
+import { castF16ToF32, castF32ToF16, copyRows } from "../engine/launch/copy.ts";
+import { launchGatherRows, scatterAddRows } from "../engine/launch/gather.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { randInt, randn } from "../tests/util.ts";
 
@@ -49,12 +49,12 @@ export async function run(
       const qkv = engine.upload(randn(B * T * 3 * C, T), [B, T, 3 * C]);
       const lengths = engine.upload(Uint32Array.from({ length: B }, (_, b) => T - (b * 13) % T), [B], "u32");
       const dOut = engine.upload(randn(B * T * C, T + 1), [B, T, C]);
-      const probs = attention(qkv, lengths, H, { saveProbs: true }).probs!;
+      const probs = launchAttention(qkv, lengths, H, { saveProbs: true }).probs!;
       return { qkv, lengths, dOut, probs };
     });
     const { qkv, lengths, dOut, probs } = tensors;
-    const fwd = await time(engine, iters, () => attention(qkv, lengths, H));
-    const fwdP = await time(engine, iters, () => attention(qkv, lengths, H, { saveProbs: true }));
+    const fwd = await time(engine, iters, () => launchAttention(qkv, lengths, H));
+    const fwdP = await time(engine, iters, () => launchAttention(qkv, lengths, H, { saveProbs: true }));
     const bwd = await time(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H));
     // useful FLOPs over the causal half (full lengths assumed): QKᵀ and PV forward; four such products back
     const fwdFlops = B * H * 2 * 2 * (T * (T + 1) / 2) * hd;
@@ -98,7 +98,7 @@ export async function run(
   const rowsHost = Array.from({ length: N }, (_, k) => (k * 37) % V);
   const iters = soft ? 3 : 20;
   const mem: [string, number, () => unknown][] = [
-    [`gatherRows ${V}x${C} table, ${N} ids`, 2 * N * C * 4, () => gatherRows(table, ids)],
+    [`gatherRows ${V}x${C} table, ${N} ids`, 2 * N * C * 4, () => launchGatherRows(table, ids)],
     [`scatterAddRows ${N} rows into ${V}`, (V * C + 2 * N * C) * 4, () => scatterAddRows(dy, ids, V)],
     [`castF32ToF16 ${V}x${C}`, V * C * 6, () => castF32ToF16(table)],
     [`castF16ToF32 ${V}x${C}`, V * C * 6, () => castF16ToF32(half)],
@@ -133,7 +133,7 @@ export async function compare(engine: Engine, shapes: number[][]): Promise<Recor
       const qkv = engine.upload(randn(B * T * 3 * C, T), [B, T, 3 * C]);
       const lengths = engine.upload(Uint32Array.from({ length: B }, (_, b) => T - (b * 13) % T), [B], "u32");
       const dOut = engine.upload(randn(B * T * C, T + 1), [B, T, C]);
-      const probs = attention(qkv, lengths, H, { saveProbs: true }).probs!;
+      const probs = launchAttention(qkv, lengths, H, { saveProbs: true }).probs!;
       return { qkv, lengths, dOut, probs };
     });
     const { qkv, lengths, dOut, probs } = tensors;
@@ -143,8 +143,13 @@ export async function compare(engine: Engine, shapes: number[][]): Promise<Recor
       T,
       C,
       H,
-      tiledFwdMs: await time(engine, iters, () => attention(qkv, lengths, H, { saveProbs: true, tile }), 2),
-      fwdMs: await time(engine, iters, () => attention(qkv, lengths, H, { saveProbs: true }), 2),
+      tiledFwdMs: await time(
+        engine,
+        iters,
+        () => launchAttention(qkv, lengths, H, { saveProbs: true, tile }),
+        2,
+      ),
+      fwdMs: await time(engine, iters, () => launchAttention(qkv, lengths, H, { saveProbs: true }), 2),
       tiledBwdMs: await time(
         engine,
         iters,

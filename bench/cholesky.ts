@@ -4,7 +4,7 @@
 // 32 shared random directions), k a fresh key from it, so the residual is the one ROME would see.
 // GFLOPS count the factor's n³/3 over the factor + solve time (the solves add 2n²·r, negligible).
 import { type Engine, getEngine } from "../engine/engine.ts";
-import { cholesky, choleskySolve, choleskySolveChecked } from "../engine/ops/linalg.ts";
+import { cholesky, choleskySolve, choleskySolveChecked } from "../engine/ops.ts";
 import { rng } from "../tests/util.ts";
 
 /** Second moment of keys k = μ + z + U w (z AR(1) with ρ, w ~ N(0, I_dirs)) and one fresh key. */

@@ -3,7 +3,7 @@
 // embedding, 147 MiB: more than lavapipe's 128 MiB binding, so the op splits it) for T = 16 and 128,
 // each beside a plain single-threaded TypeScript matmul on the same inputs.
 import { type Engine, getEngine } from "../engine/engine.ts";
-import { matmul } from "../engine/ops/matmul.ts";
+import { launchMatmul } from "../engine/launch/matmul.ts";
 import { randn } from "../tests/util.ts";
 
 interface Shape {
@@ -118,7 +118,7 @@ export async function run(
     }));
     // about half a second of GPU work per round on lavapipe (~20 GFLOP/s), more calls on a real GPU
     const iters = Math.max(1, Math.min(soft ? 20 : 200, Math.round((soft ? 1e10 : 2e12) / flops)));
-    const ms = await timeGpu(engine, iters, () => void matmul(a, b, { transB: s.transB }));
+    const ms = await timeGpu(engine, iters, () => void launchMatmul(a, b, { transB: s.transB }));
     a.dispose();
     b.dispose();
     const cpu = timeCpu(A, B, s, opts.quick ? 100 : 250);

@@ -2,7 +2,7 @@
 // activation [T, 3072], softmax / logSoftmax over vocabulary rows [B, 50257] and attention rows.
 // GB/s counts each op's compulsory traffic (every input read once, every output written once).
 import { type Engine, getEngine } from "../engine/engine.ts";
-import { gelu, geluBackward, layerNorm, logSoftmax, softmax } from "../engine/ops/nn.ts";
+import { geluBackward, launchGelu, launchLayerNorm, logSoftmax, softmax } from "../engine/launch/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { timeGpu } from "./util.ts";
 
@@ -34,14 +34,14 @@ export async function run(
       shape: [T, C],
       bytes: 4 * (2 * T * C + 2 * C + 2 * T),
       make: (e) => [randomTensor(e, [T, C]), randomTensor(e, [C]), randomTensor(e, [C])],
-      call: ([x, g, b]) => layerNorm(x, g, b),
+      call: ([x, g, b]) => launchLayerNorm(x, g, b),
     },
     {
       op: "gelu",
       shape: [T, 4 * C],
       bytes: 4 * 2 * T * 4 * C,
       make: (e) => [randomTensor(e, [T, 4 * C])],
-      call: ([x]) => gelu(x),
+      call: ([x]) => launchGelu(x),
     },
     {
       op: "geluBackward",

@@ -2,7 +2,7 @@
 // logits for sum and argmax) and whole-tensor ("all") sums of a few million elements, which go
 // through the staged segment reduction. GB/s counts the input read once.
 import { type Engine, getEngine } from "../engine/engine.ts";
-import { argmax, max, sum } from "../engine/ops/reduce.ts";
+import { argmax, max, sum } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { timeGpu } from "./util.ts";
 

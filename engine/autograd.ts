@@ -3,7 +3,7 @@
 // each node's saved tensors as soon as its backward has run. Nothing is recorded outside `tape.run`,
 // nor for ops none of whose inputs require a gradient — so a forward with a hooked δ records only the
 // layers above the hook.
-import { add } from "./ops/elementwise.ts";
+import { launchAdd } from "./launch/elementwise.ts";
 import type { Tensor } from "./tensor.ts";
 
 export type InputGrads = readonly (Tensor | undefined)[];
@@ -74,7 +74,7 @@ export class Tape {
     const accumulate = (t: Tensor, g: Tensor) => {
       const prev = grads.get(t);
       if (!prev) return void grads.set(t, g);
-      const sum = e.keep(add(prev, g));
+      const sum = e.keep(launchAdd(prev, g));
       prev.dispose();
       g.dispose();
       grads.set(t, sum);

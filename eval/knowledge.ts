@@ -2,7 +2,7 @@
 // readback (argmax ids) per batch. Used to verify the bundled model and to pick traceable facts.
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
-import { argmax } from "../engine/ops/reduce.ts";
+import { argmax } from "../engine/ops.ts";
 
 export interface FactProbe {
   /** The prompt text, ending right before the object (no trailing space). */

@@ -6,8 +6,7 @@ import { generate } from "../engine/gpt2/generate.ts";
 import type { Pos } from "../engine/gpt2/hooks.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
-import { crossEntropy } from "../engine/ops/loss.ts";
-import { argmax } from "../engine/ops/reduce.ts";
+import { argmax, crossEntropy } from "../engine/ops.ts";
 import type { TargetNll } from "./metrics.ts";
 import { InputError } from "../engine/errors.ts";
 
@@ -53,7 +52,7 @@ export async function meanContinuationNll(
     const losses = await e.scopeAsync(async () => {
       const { logits } = model.forward(inputs, { logits: positions });
       const t = e.upload(Uint32Array.from(targets), [targets.length], "u32");
-      return await crossEntropy(logits!, t).loss.read();
+      return await crossEntropy(logits!, t).read();
     });
     let k = 0;
     for (const { target } of chunk) {

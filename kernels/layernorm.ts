@@ -84,7 +84,7 @@ function blockedRowSums(sums: readonly (readonly [string, string])[], pre = ""):
 }
 
 /**
- * The same layerNorm with one thread per row and no workgroup barriers, for narrow rows (engine/ops/nn.ts
+ * The same layerNorm with one thread per row and no workgroup barriers, for narrow rows (engine/launch/nn.ts
  * LAYERNORM_ROWTHREAD_MAX_C): each thread sums its row minus its first element (`blockedRowSums`), then
  * the centred squares, then writes y. Same bindings and uniforms as `layerNormKernel`; dispatch ceil(rows / LAYERNORM_ROWTHREAD_WG)
  * workgroups (flat over x and y).

@@ -1,5 +1,6 @@
-// Loss kernels: fused cross-entropy (negative log-likelihood of softmax) and the KL divergence ROME keeps
-// the edited model's next-token distribution close with, each with its gradient w.r.t. the logits.
+// Loss kernels, each with its gradient w.r.t. the logits: fused cross-entropy (negative log-likelihood of
+// softmax) and KL(p0 || p) = sum p0 (log p0 - log p) for p = softmax(logits) and a fixed reference p0 (the
+// reference weights the sum).
 //
 // The forward kernels are one workgroup per row with a strided loop, so a row of GPT-2's 50257 logits is
 // one workgroup, max-subtracted with the same online (max, sum) merge as the softmax kernel (Milakov &
@@ -158,7 +159,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
  * KL(p0 || softmax(logits)) forward over a row chunk: logits and logp0 are ranges of [rows, V] at `off`;
  * loss a range of [rows] at `vOff`; saved a range of [rows, 3] (m, log s, sum p0) at `sOff`.
  */
-export function klDivergenceKernel(wg: number): KernelSpec {
+export function klDivergenceRefModelKernel(wg: number): KernelSpec {
   return {
     key: `kldiv_f32_rows_online_wg${wg}`,
     uniforms: [["rows", "u32"], ["V", "u32"], ["off", "u32"], ["vOff", "u32"], ["sOff", "u32"]],
@@ -198,7 +199,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /** dlogits = g * (softmax(logits) * sum p0 - p0) over a row chunk, one thread per element. */
-export function klDivergenceBackwardKernel(upstream: boolean): KernelSpec {
+export function klDivergenceRefModelBackwardKernel(upstream: boolean): KernelSpec {
   return {
     key: `kldiv_backward_f32${upstream ? "_upstream" : ""}`,
     uniforms: [["n", "u32"], ["V", "u32"], ["off", "u32"], ["vOff", "u32"], ["sOff", "u32"]],

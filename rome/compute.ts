@@ -14,15 +14,16 @@ import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import {
   add,
   crossEntropy,
-  klDivergenceFromRef,
+  klDivergenceModelRef,
   logSoftmax,
+  matmul,
+  matmulAccumulate,
   norm,
   scale,
   selectRows,
+  sub,
   sumAll,
 } from "../engine/ops.ts";
-import { scale as rawScale, sub as rawSub } from "../engine/ops/elementwise.ts";
-import { matmul as rawMatmul } from "../engine/ops/matmul.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { RomeHparams } from "./hparams.ts";
 import {
@@ -68,7 +69,7 @@ export interface KeyStar {
 function meanRows(x: Tensor): Tensor {
   const n = x.shape[0];
   const ones = x.engine.upload(new Float32Array(n).fill(1), [1, n]);
-  return rawMatmul(ones, x, { alpha: 1 / n }).view([x.shape[1]]);
+  return matmul(ones, x, { alpha: 1 / n }).view([x.shape[1]]);
 }
 
 /**
@@ -146,14 +147,14 @@ export async function computeLeftVector(
       `C⁻¹k̄ has norm ${Math.sqrt(s)}: the subject's key is zero or C is ill-conditioned (try --damping)`,
     );
   }
-  const u = rawScale(x, 1 / Math.sqrt(s));
+  const u = scale(x, 1 / Math.sqrt(s));
   x.dispose();
   return u;
 }
 
 /** xᵀx as a [1] tensor (a 1×n·n×1 product). */
 function dotSelf(x: Tensor): Tensor {
-  return rawMatmul(x.view([1, x.size]), x.view([x.size, 1])).view([1]);
+  return matmul(x.view([1, x.size]), x.view([x.size, 1])).view([1]);
 }
 
 /** Progress of the v* optimisation: forward `step` (0-based) and its loss. */
@@ -276,7 +277,7 @@ export async function computeValueStar(
           const loss = tape.run(() => {
             const { logits } = model.forward(ids, { start, hooks, logits: positions });
             const nll = sumAll(crossEntropy(logits!, targetsT, weightsT));
-            const klTerm = sumAll(klDivergenceFromRef(selectRows(logits!, klRow), logpInit));
+            const klTerm = sumAll(klDivergenceModelRef(selectRows(logits!, klRow), logpInit));
             const decay = norm(delta);
             return add(add(nll, scale(klTerm, hp.kl_factor)), scale(decay, hp.v_weight_decay / v0NormSq));
           });
@@ -338,13 +339,13 @@ export async function rankOneUpdate(
   checkLayer(model, layer);
   const e = model.engine, W = model.w(editedMatrix(layer));
   const [dff, d] = W.shape;
-  const dotT = e.scope(() => e.keep(rawMatmul(key.view([1, dff]), u.view([dff, 1]))));
+  const dotT = e.scope(() => e.keep(matmul(key.view([1, dff]), u.view([dff, 1]))));
   const [denominator] = await dotT.read();
   dotT.dispose();
   if (!(Math.abs(denominator) > 0) || !Number.isFinite(denominator)) {
     throw new RomeInputError(`kᵀu = ${denominator}: the key is orthogonal to u, the edit is undefined`);
   }
-  const lambda = e.scope(() => e.keep(rawScale(rawSub(vStar, out), 1 / denominator)));
-  e.scope(() => rawMatmul(u.view([dff, 1]), lambda.view([1, d]), { out: W, accumulate: true }));
+  const lambda = e.scope(() => e.keep(scale(sub(vStar, out), 1 / denominator)));
+  e.scope(() => matmulAccumulate(u.view([dff, 1]), lambda.view([1, d]), W));
   return { lambda, denominator };
 }

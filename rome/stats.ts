@@ -11,9 +11,7 @@
 // Runtime-neutral: documents come from a caller's source, checkpoints go to a caller's store.
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { Gpt2Model as Gpt2Graph } from "../engine/gpt2/model.ts";
-import { choleskySolveChecked, NotPositiveDefiniteError } from "../engine/ops/linalg.ts";
-import { matmul } from "../engine/ops/matmul.ts";
-import { scale } from "../engine/ops/elementwise.ts";
+import { choleskySolveChecked, matmulAccumulate, NotPositiveDefiniteError, scale } from "../engine/ops.ts";
 import { parseSafetensorsHeader, readTensorRaw, serializeSafetensors } from "../engine/safetensors.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { InputError } from "../engine/errors.ts";
@@ -134,7 +132,7 @@ export async function secondMomentStats(
             hooks: [{ site: "mlpKey", layer, kind: "read", name: "k", at }],
           });
           const k = captures.get("k")!;
-          matmul(k, k, { transA: true, out: mom2, accumulate: true });
+          matmulAccumulate(k, k, mom2, { transA: true });
           k.dispose();
           count += at.length;
         });

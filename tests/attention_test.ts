@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { attention, attentionBackward } from "../engine/ops/attention.ts";
+import { attentionBackward, launchAttention } from "../engine/launch/attention.ts";
 import { ATTN_TILES } from "../kernels/attention.ts";
 import { assertClose, randn, testEngine } from "./util.ts";
 
@@ -111,7 +111,7 @@ Deno.test("attention forward and probs vs float64, lengths 0/1/T in one batch, a
     await engine.scopeAsync(async () => {
       const qkv = engine.upload(Q, [c.B, c.T, 3 * c.C]);
       const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
-      const r = attention(qkv, lengths, c.H, { saveProbs: true });
+      const r = launchAttention(qkv, lengths, c.H, { saveProbs: true });
       assertEquals(r.out.shape, [c.B, c.T, c.C]);
       assertEquals(r.probs!.shape, [c.B, c.H, c.T, c.T]);
       const [out, probs] = await engine.readMany([r.out, r.probs!]);
@@ -129,7 +129,7 @@ Deno.test("attention forward and probs vs float64, lengths 0/1/T in one batch, a
         }
       });
       // without saveProbs: the same output, scores in scratch
-      const plain = attention(qkv, lengths, c.H);
+      const plain = launchAttention(qkv, lengths, c.H);
       assertEquals(plain.probs, undefined);
       assertEquals(Array.from(await plain.out.read()), Array.from(out));
     });
@@ -160,8 +160,8 @@ Deno.test("attention: padded tokens (NaN, huge) change nothing in valid outputs 
           dO.map((v, i) => (Math.floor(i / c.C) % c.T >= c.lengths[Math.floor(i / (c.T * c.C))] ? NaN : v)),
           [c.B, c.T, c.C],
         );
-        const r = attention(qkv, lengths, c.H, { saveProbs: true });
-        const plain = attention(qkv, lengths, c.H);
+        const r = launchAttention(qkv, lengths, c.H, { saveProbs: true });
+        const plain = launchAttention(qkv, lengths, c.H);
         const dqkv = attentionBackward(qkv, r.probs!, dOut, lengths, c.H);
         results.push((await engine.readMany([r.out, r.probs!, dqkv, plain.out])) as Float32Array[]);
       });
@@ -198,7 +198,7 @@ Deno.test("attentionBackward vs float64 central differences (B=2, T=5, lengths [
   const got = await engine.scopeAsync(async () => {
     const qkv = engine.upload(Q, [c.B, c.T, 3 * c.C]);
     const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
-    const r = attention(qkv, lengths, c.H, { saveProbs: true });
+    const r = launchAttention(qkv, lengths, c.H, { saveProbs: true });
     return await attentionBackward(qkv, r.probs!, engine.upload(dO, [c.B, c.T, c.C]), lengths, c.H).read();
   });
   const rel = maxAbs(got.map((v, i) => v - fd[i])) / fdMax;
@@ -217,7 +217,7 @@ Deno.test("attentionBackward vs float64 analytic on tile-crossing shapes", async
     const got = await engine.scopeAsync(async () => {
       const qkv = engine.upload(Q, [c.B, c.T, 3 * c.C]);
       const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
-      const r = attention(qkv, lengths, c.H, { saveProbs: true });
+      const r = launchAttention(qkv, lengths, c.H, { saveProbs: true });
       return await attentionBackward(qkv, r.probs!, engine.upload(dO, [c.B, c.T, c.C]), lengths, c.H).read();
     });
     const ref = refBackward(Q, dO, c);
@@ -238,7 +238,7 @@ Deno.test("attention: the fused path and every tile size (16, 32, 64) agree with
       const [out, probs, dq] = await engine.scopeAsync(async () => {
         const qkv = engine.upload(Q, [c.B, c.T, 3 * c.C]);
         const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
-        const r = attention(qkv, lengths, c.H, { saveProbs: true, tile });
+        const r = launchAttention(qkv, lengths, c.H, { saveProbs: true, tile });
         const d = attentionBackward(qkv, r.probs!, engine.upload(dO, [c.B, c.T, c.C]), lengths, c.H, {
           tile,
         });
@@ -265,7 +265,7 @@ Deno.test("attention: the matmul path matches the tiled kernels; padded position
       const lengths = engine.upload(Uint32Array.from(c.lengths), [c.B], "u32");
       const dOut = engine.upload(dO, [c.B, c.T, c.C]);
       const run = async (tile?: 64) => {
-        const r = attention(qkv, lengths, c.H, { saveProbs: true, tile });
+        const r = launchAttention(qkv, lengths, c.H, { saveProbs: true, tile });
         const d = attentionBackward(qkv, r.probs!, dOut, lengths, c.H, { tile });
         return (await engine.readMany([r.out, r.probs!, d])) as Float32Array[];
       };
@@ -301,9 +301,9 @@ Deno.test("attention with a tiny binding limit: pairs split into chunks, same re
         await e.scopeAsync(async () => {
           const qkv = e.upload(Q, [c.B, c.T, 3 * c.C]);
           const lengths = e.upload(Uint32Array.from(c.lengths), [c.B], "u32");
-          const r = attention(qkv, lengths, c.H, { saveProbs: true });
+          const r = launchAttention(qkv, lengths, c.H, { saveProbs: true });
           const d = attentionBackward(qkv, r.probs!, e.upload(dO, [c.B, c.T, c.C]), lengths, c.H);
-          return await e.readMany([r.out, r.probs!, d, attention(qkv, lengths, c.H).out]);
+          return await e.readMany([r.out, r.probs!, d, launchAttention(qkv, lengths, c.H).out]);
         });
       const before = engine.stats.dispatches;
       const want = await run(engine);
@@ -327,11 +327,11 @@ Deno.test("attention validates shapes and dtypes", () => {
   engine.scope(() => {
     const qkv = engine.zeros([2, 4, 24]);
     const lengths = engine.upload(Uint32Array.of(4, 4), [2], "u32");
-    assertThrows(() => attention(qkv, lengths, 5), /heads do not split/);
-    assertThrows(() => attention(engine.zeros([2, 4, 25]), lengths, 1), /qkv must be f32 \[B, T, 3C\]/);
-    assertThrows(() => attention(qkv, engine.zeros([2]), 2), /lengths must be u32/);
+    assertThrows(() => launchAttention(qkv, lengths, 5), /heads do not split/);
+    assertThrows(() => launchAttention(engine.zeros([2, 4, 25]), lengths, 1), /qkv must be f32 \[B, T, 3C\]/);
+    assertThrows(() => launchAttention(qkv, engine.zeros([2]), 2), /lengths must be u32/);
     assertThrows(
-      () => attention(qkv, engine.upload(Uint32Array.of(4), [1], "u32"), 2),
+      () => launchAttention(qkv, engine.upload(Uint32Array.of(4), [1], "u32"), 2),
       /lengths must be u32/,
     );
     const probs = engine.zeros([2, 2, 4, 4]);

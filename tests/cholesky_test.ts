@@ -11,7 +11,7 @@ import {
   failedColumn,
   NotPositiveDefiniteError,
   triangularSolve,
-} from "../engine/ops/linalg.ts";
+} from "../engine/launch/linalg.ts";
 import { AWKWARD, randn, rng, testEngine } from "./util.ts";
 
 const engine = await testEngine();

@@ -8,9 +8,9 @@ import {
   copyRows,
   fill,
   hasShaderF16,
-  selectRows,
+  launchSelectRows,
   sliceCols,
-} from "../engine/ops/copy.ts";
+} from "../engine/launch/copy.ts";
 import { rowChunks } from "../engine/chunks.ts";
 import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./util.ts";
 
@@ -97,7 +97,7 @@ Deno.test("copyRows, selectRows, sliceCols, concatCols, fill with a 64 KiB bindi
       const src = small.upload(S, [R, C]), dst = small.upload(D, [R, C]);
       copyRows(src, small.upload(Uint32Array.from(srcRows), [300], "u32"), dst, dstRows);
       const rowsT = small.upload(Uint32Array.from(srcRows), [300], "u32");
-      const sel = selectRows(src, rowsT);
+      const sel = launchSelectRows(src, rowsT);
       const sl = sliceCols(src, 7, 60);
       const cat = concatCols([src, sl, dst]);
       const f = small.empty([R, C]);
@@ -123,7 +123,7 @@ Deno.test("selectRows: last positions of each batch row; rows >= R give zero row
     const R = 17, X = randn(R * C, C);
     const rows = Uint32Array.from([...randInt(9, R, C), R, R - 1, 0xffffffff]);
     const got = await engine.scopeAsync(() =>
-      selectRows(engine.upload(X, [R, C]), engine.upload(rows, [rows.length], "u32")).read()
+      launchSelectRows(engine.upload(X, [R, C]), engine.upload(rows, [rows.length], "u32")).read()
     );
     const want = Array.from(rows).flatMap((r) =>
       r < R ? Array.from(X.subarray(r * C, (r + 1) * C)) : new Array(C).fill(0)

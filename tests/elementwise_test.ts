@@ -1,4 +1,4 @@
-import { add, axpy, mul, scale, sub } from "../engine/ops/elementwise.ts";
+import { axpy, launchAdd, launchMul, launchScale, launchSub } from "../engine/launch/elementwise.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
 
 const engine = await testEngine();
@@ -13,7 +13,14 @@ Deno.test("elementwise add/sub/mul/axpy/scale vs float64, with row broadcast", a
         const a = engine.upload(A, [rows, cols]),
           b = engine.upload(B, [rows, cols]),
           r = engine.upload(R, [cols]);
-        const outs = [add(a, b), sub(a, b), mul(a, b), axpy(-0.75, a, b), scale(a, 2.5, -1), add(a, r)];
+        const outs = [
+          launchAdd(a, b),
+          launchSub(a, b),
+          launchMul(a, b),
+          axpy(-0.75, a, b),
+          launchScale(a, 2.5, -1),
+          launchAdd(a, r),
+        ];
         const got = await engine.readMany(outs);
         const ref = (f: (i: number) => number) => Float64Array.from({ length: rows * cols }, (_, i) => f(i));
         const tol = { atol: 1e-6, rtol: 1e-6 };

@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
 import { rowChunks } from "../engine/chunks.ts";
-import { addPositions, gatherRows, scatterAddRows } from "../engine/ops/gather.ts";
+import { launchAddPositions, launchGatherRows, scatterAddRows } from "../engine/launch/gather.ts";
 import { assertClose, AWKWARD, randInt, randn, testEngine } from "./util.ts";
 
 const engine = await testEngine();
@@ -29,7 +29,7 @@ Deno.test("gatherRows: awkward tables, repeated ids, ids >= V give zero rows", a
       const table = randn(V * C, V + C);
       const ids = Uint32Array.from([...randInt(37, V, C), V, V + 1000, 0xffffffff, V - 1, 0]);
       await engine.scopeAsync(async () => {
-        const out = gatherRows(engine.upload(table, [V, C]), engine.upload(ids, [ids.length], "u32"));
+        const out = launchGatherRows(engine.upload(table, [V, C]), engine.upload(ids, [ids.length], "u32"));
         assertEquals(out.shape, [ids.length, C]);
         // a copy, so exact
         assertEquals(Array.from(await out.read()), Array.from(refGather(table, C, V, ids)), `V${V} C${C}`);
@@ -48,13 +48,13 @@ Deno.test("gatherRows with a 64 KiB binding limit: table and output in row chunk
     const ids = Uint32Array.from([...edges, ...randInt(400, V + 3, 9)]); // some ids >= V, 425+ rows out
     const table = randn(V * C, 1);
     const out = await small.scopeAsync(() =>
-      gatherRows(small.upload(table, [V, C]), small.upload(ids, [ids.length], "u32")).read()
+      launchGatherRows(small.upload(table, [V, C]), small.upload(ids, [ids.length], "u32")).read()
     );
     assertEquals(Array.from(out), Array.from(refGather(table, C, V, ids)));
     // one table row wider than the binding is refused with a clear error
     small.scope(() => {
       const wide = small.zeros([2, 20000]);
-      assertThrows(() => gatherRows(wide, small.upload(Uint32Array.of(0), [1], "u32")), /does not fit/);
+      assertThrows(() => launchGatherRows(wide, small.upload(Uint32Array.of(0), [1], "u32")), /does not fit/);
     });
   } finally {
     small.destroy();
@@ -68,7 +68,7 @@ Deno.test("gatherRows on a table over this device's real binding limit (GPT-2 wt
   for (let r = 0; r < V; r++) for (let c = 0; c < C; c++) table[r * C + c] = r + (c % 8) / 8;
   const ids = Uint32Array.of(0, V - 1, 31337, Math.floor(V / 2), 40000, V, 7);
   const got = await engine.scopeAsync(() =>
-    gatherRows(engine.upload(table, [V, C]), engine.upload(ids, [ids.length], "u32")).read()
+    launchGatherRows(engine.upload(table, [V, C]), engine.upload(ids, [ids.length], "u32")).read()
   );
   assertEquals(Array.from(got), Array.from(refGather(table, C, V, ids)));
 });
@@ -77,17 +77,17 @@ Deno.test("addPositions vs float64; T <= P checked", async () => {
   for (const [B, T, P, C] of [[1, 1, 1, 1], [3, 17, 20, 63], [2, 65, 65, 17]]) {
     const X = randn(B * T * C, T), W = randn(P * C, P + 1);
     await engine.scopeAsync(async () => {
-      const out = addPositions(engine.upload(X, [B, T, C]), engine.upload(W, [P, C]));
+      const out = launchAddPositions(engine.upload(X, [B, T, C]), engine.upload(W, [P, C]));
       const ref = Float64Array.from(X, (v, i) => v + W[(Math.floor(i / C) % T) * C + (i % C)]);
       assertClose(await out.read(), ref, { atol: 1e-6, rtol: 1e-6 }, `addPositions B${B} T${T} C${C}`);
     });
   }
   engine.scope(() => {
     assertThrows(
-      () => addPositions(engine.zeros([1, 5, 3]), engine.zeros([4, 3])),
+      () => launchAddPositions(engine.zeros([1, 5, 3]), engine.zeros([4, 3])),
       /5 positions but wpe has 4/,
     );
-    assertThrows(() => addPositions(engine.zeros([1, 2, 3]), engine.zeros([4, 2])), /width/);
+    assertThrows(() => launchAddPositions(engine.zeros([1, 2, 3]), engine.zeros([4, 2])), /width/);
   });
 });
 
@@ -97,7 +97,7 @@ Deno.test("addPositions with a 64 KiB binding limit: x in row chunks, and wpe[0:
     for (const [B, T, P, C] of [[40, 7, 9, 65], [3, 290, 300, 65]]) {
       const X = randn(B * T * C, 3), W = randn(P * C, 4);
       const got = await small.scopeAsync(() =>
-        addPositions(small.upload(X, [B, T, C]), small.upload(W, [P, C])).read()
+        launchAddPositions(small.upload(X, [B, T, C]), small.upload(W, [P, C])).read()
       );
       const ref = Float64Array.from(X, (v, i) => v + W[(Math.floor(i / C) % T) * C + (i % C)]);
       assertClose(got, ref, { atol: 1e-6, rtol: 1e-6 }, `chunked addPositions B${B} T${T}`);

@@ -7,7 +7,7 @@ import {
   type CachePos,
   planCacheStep,
   type QkvCache,
-} from "../engine/ops/kvcache.ts";
+} from "../engine/launch/kvcache.ts";
 import { buildGpt2 } from "../engine/gpt2/load.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { decodeStep, newKvCache } from "../engine/gpt2/decode.ts";

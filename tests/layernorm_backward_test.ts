@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { layerNorm, LAYERNORM_ROWTHREAD_MAX_C, layerNormBackward } from "../engine/ops/nn.ts";
+import { launchLayerNorm, LAYERNORM_ROWTHREAD_MAX_C, layerNormBackward } from "../engine/launch/nn.ts";
 import { rowChunks } from "../engine/chunks.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
 
@@ -81,7 +81,7 @@ async function gpuGrads(
 ) {
   return await e.scopeAsync(async () => {
     const x = e.upload(X, [rows, C]);
-    const { mean, rstd } = layerNorm(x, e.upload(G, [C]), e.upload(B, [C]));
+    const { mean, rstd } = launchLayerNorm(x, e.upload(G, [C]), e.upload(B, [C]));
     const { dx, dgamma, dbeta } = layerNormBackward(x, mean, rstd, e.upload(G, [C]), e.upload(DY, [rows, C]));
     assertEquals([dx.shape, dgamma.shape, dbeta.shape], [[rows, C], [C], [C]]);
     const [gdx, gdg, gdb] = await e.readMany([dx, dgamma, dbeta]);

@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
 import { rowChunks } from "../engine/chunks.ts";
-import { crossEntropy, klDivergence } from "../engine/ops/loss.ts";
+import { launchCrossEntropy, launchKlDivergenceRefModel } from "../engine/launch/loss.ts";
 import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./util.ts";
 
 const engine = await testEngine();
@@ -111,7 +111,7 @@ Deno.test("crossEntropy vs float64 on AWKWARD n x V, rows offset by ±1000, weig
       const W = maskedWeights(n, n + V), G = randn(n, 3 * n + V);
       for (const [w, g] of [[undefined, undefined], [W, undefined], [undefined, G], [W, G]] as const) {
         await engine.scopeAsync(async () => {
-          const ce = crossEntropy(
+          const ce = launchCrossEntropy(
             engine.upload(L, [n, V]),
             engine.upload(T, [n]),
             w ? engine.upload(w, [n]) : undefined,
@@ -147,7 +147,7 @@ Deno.test("crossEntropy gradient vs float64 central differences of the float64 l
     const f = (l: Float64Array) => sum(refCrossEntropy(l, T, W, undefined, n, V).loss, G);
     const fd = finiteDiff(L, f);
     const got = await engine.scopeAsync(async () => {
-      const ce = crossEntropy(engine.upload(L, [n, V]), engine.upload(T, [n]), engine.upload(W, [n]));
+      const ce = launchCrossEntropy(engine.upload(L, [n, V]), engine.upload(T, [n]), engine.upload(W, [n]));
       return await engine.read(ce.dlogits(engine.upload(G, [n])));
     });
     const scale = Math.max(...fd.map(Math.abs));
@@ -163,7 +163,7 @@ Deno.test("crossEntropy over GPT-2's 50257-wide vocabulary rows", async () => {
   const n = 3, V = 50257;
   const L = offsetLogits(n, V, 99, 4), T = Uint32Array.of(0, 50256, 31337), W = Float32Array.of(1, 0.5, 2);
   const [loss, grad] = await engine.scopeAsync(async () => {
-    const ce = crossEntropy(engine.upload(L, [n, V]), engine.upload(T, [n]), engine.upload(W, [n]));
+    const ce = launchCrossEntropy(engine.upload(L, [n, V]), engine.upload(T, [n]), engine.upload(W, [n]));
     return await engine.readMany([ce.loss, ce.dlogits()]);
   });
   const ref = refCrossEntropy(L, T, W, undefined, n, V);
@@ -181,7 +181,7 @@ Deno.test("crossEntropy: weight-0 rows give exactly 0 loss and gradient, even wi
   L[1 * V + 3] = NaN;
   const T = Uint32Array.of(2, 4000000000, 5, V), W = Float32Array.of(1, 0, 0, 1.5);
   const [loss, grad] = await engine.scopeAsync(async () => {
-    const ce = crossEntropy(engine.upload(L, [n, V]), engine.upload(T, [n]), engine.upload(W, [n]));
+    const ce = launchCrossEntropy(engine.upload(L, [n, V]), engine.upload(T, [n]), engine.upload(W, [n]));
     return await engine.readMany([ce.loss, ce.dlogits(engine.upload(Float32Array.of(1, 1, 1, 1), [n]))]);
   });
   assertEquals([loss[1], loss[2]], [0, 0]);
@@ -201,7 +201,7 @@ Deno.test("klDivergence vs float64 on AWKWARD n x V, with and without upstream g
       const L = offsetLogits(n, V, 5 * n + V, 2), LP0 = refLogProbs(n, V, n + 11 * V), G = randn(n, n + V);
       for (const g of [undefined, G]) {
         await engine.scopeAsync(async () => {
-          const kl = klDivergence(engine.upload(L, [n, V]), engine.upload(LP0, [n, V]));
+          const kl = launchKlDivergenceRefModel(engine.upload(L, [n, V]), engine.upload(LP0, [n, V]));
           const d = kl.dlogits(g ? engine.upload(g, [n]) : undefined);
           assertEquals([kl.loss.shape, kl.saved.shape, d.shape], [[n], [n, 3], [n, V]]);
           const [loss, grad] = await engine.readMany([kl.loss, d]);
@@ -232,7 +232,7 @@ Deno.test("klDivergence gradient vs float64 central differences; zero at p_new =
     const f = (l: Float64Array) => sum(refKl(l, LP0, undefined, n, V).loss, G);
     const fd = finiteDiff(L, f);
     const [loss, got] = await engine.scopeAsync(async () => {
-      const kl = klDivergence(engine.upload(L, [n, V]), engine.upload(LP0, [n, V]));
+      const kl = launchKlDivergenceRefModel(engine.upload(L, [n, V]), engine.upload(LP0, [n, V]));
       return await engine.readMany([kl.loss, kl.dlogits(engine.upload(G, [n]))]);
     });
     assert(loss.every(Number.isFinite), `loss with a p0 = 0 entry must stay finite, got ${loss}`);
@@ -247,7 +247,7 @@ Deno.test("klDivergence gradient vs float64 central differences; zero at p_new =
   const n = 2, V = 257, LP0 = refLogProbs(n, V, 4);
   const shifted = Float32Array.from(LP0, (v, i) => v + (i < V ? 5 : -3));
   const [loss, grad] = await engine.scopeAsync(async () => {
-    const kl = klDivergence(engine.upload(shifted, [n, V]), engine.upload(LP0, [n, V]));
+    const kl = launchKlDivergenceRefModel(engine.upload(shifted, [n, V]), engine.upload(LP0, [n, V]));
     return await engine.readMany([kl.loss, kl.dlogits()]);
   });
   assertClose(loss, [0, 0], { atol: 2e-6 }, "KL(p0 || p0)");
@@ -258,7 +258,7 @@ Deno.test("klDivergence over GPT-2's 50257-wide vocabulary rows", async () => {
   const n = 2, V = 50257;
   const L = offsetLogits(n, V, 21, 3), LP0 = refLogProbs(n, V, 22);
   const [loss, grad] = await engine.scopeAsync(async () => {
-    const kl = klDivergence(engine.upload(L, [n, V]), engine.upload(LP0, [n, V]));
+    const kl = launchKlDivergenceRefModel(engine.upload(L, [n, V]), engine.upload(LP0, [n, V]));
     return await engine.readMany([kl.loss, kl.dlogits()]);
   });
   const ref = refKl(L, LP0, undefined, n, V);
@@ -280,8 +280,8 @@ Deno.test("losses with a 64 KiB binding limit: logits split into row chunks, sam
     const LP0 = refLogProbs(n, V, 5);
     const got = await small.scopeAsync(async () => {
       const l = small.upload(L, [n, V]), g = small.upload(G, [n]);
-      const ce = crossEntropy(l, small.upload(T, [n]), small.upload(W, [n]));
-      const kl = klDivergence(l, small.upload(LP0, [n, V]));
+      const ce = launchCrossEntropy(l, small.upload(T, [n]), small.upload(W, [n]));
+      const kl = launchKlDivergenceRefModel(l, small.upload(LP0, [n, V]));
       return await small.readMany([ce.loss, ce.dlogits(g), kl.loss, kl.dlogits(g)]);
     });
     const ce = refCrossEntropy(L, T, W, G, n, V), kl = refKl(L, LP0, G, n, V);
@@ -297,15 +297,15 @@ Deno.test("losses with a 64 KiB binding limit: logits split into row chunks, sam
 Deno.test("losses reject bad shapes and dtypes with clear errors", () => {
   engine.scope(() => {
     const l = engine.zeros([4, 7]), t = engine.zeros([4], "u32");
-    assertThrows(() => crossEntropy(engine.zeros([2, 2, 7]), t), /logits must be \[n, V\]/);
-    assertThrows(() => crossEntropy(l, engine.zeros([4])), /targets must be u32/);
-    assertThrows(() => crossEntropy(l, engine.zeros([3], "u32")), /targets must be \[4\]/);
-    assertThrows(() => crossEntropy(l, t, engine.zeros([5])), /weights must be \[4\]/);
-    assertThrows(() => crossEntropy(l, t).dlogits(engine.zeros([4, 1])), /g must be \[4\]/);
+    assertThrows(() => launchCrossEntropy(engine.zeros([2, 2, 7]), t), /logits must be \[n, V\]/);
+    assertThrows(() => launchCrossEntropy(l, engine.zeros([4])), /targets must be u32/);
+    assertThrows(() => launchCrossEntropy(l, engine.zeros([3], "u32")), /targets must be \[4\]/);
+    assertThrows(() => launchCrossEntropy(l, t, engine.zeros([5])), /weights must be \[4\]/);
+    assertThrows(() => launchCrossEntropy(l, t).dlogits(engine.zeros([4, 1])), /g must be \[4\]/);
     assertThrows(
-      () => klDivergence(l, engine.zeros([4, 6])),
+      () => launchKlDivergenceRefModel(l, engine.zeros([4, 6])),
       /logProbsRef \[4, 6\] must match logitsNew \[4, 7\]/,
     );
-    assertThrows(() => klDivergence(l, l).dlogits(engine.zeros([4], "u32")), /expected f32/);
+    assertThrows(() => launchKlDivergenceRefModel(l, l).dlogits(engine.zeros([4], "u32")), /expected f32/);
   });
 });

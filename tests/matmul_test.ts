@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { type GemmProblem, matmul, type MatmulOptions, planGemm } from "../engine/ops/matmul.ts";
+import { type GemmProblem, launchMatmul, type MatmulOptions, planGemm } from "../engine/launch/matmul.ts";
 import { assertClose, AWKWARD, randn, rng, testEngine } from "./util.ts";
 
 const engine = await testEngine();
@@ -66,7 +66,7 @@ async function check(eng: Engine, c: Case, seed: number, what: string): Promise<
   await eng.scopeAsync(async () => {
     const a = eng.upload(A, c.aShape), b = eng.upload(B, c.bShape);
     const out = out0 ? eng.upload(out0, outShape) : undefined;
-    const r = matmul(a, b, {
+    const r = launchMatmul(a, b, {
       ...o,
       bias: bias ? eng.upload(bias, [N]) : undefined,
       out,
@@ -195,9 +195,9 @@ Deno.test("matmul steady state: repeated calls create no new GPU buffers", async
       const out = eng.zeros([65, 301]);
       const step = () =>
         eng.scope(() => {
-          const y = matmul(a, w, { transB: true, bias });
-          matmul(y, w, { out: eng.zeros([65, 257]) });
-          matmul(a, w, { transB: true, out, accumulate: true });
+          const y = launchMatmul(a, w, { transB: true, bias });
+          launchMatmul(y, w, { out: eng.zeros([65, 257]) });
+          launchMatmul(a, w, { transB: true, out, accumulate: true });
         });
       step();
       await eng.sync();
@@ -215,29 +215,29 @@ Deno.test("matmul steady state: repeated calls create no new GPU buffers", async
 Deno.test("matmul rejects bad shapes and options with messages naming both shapes", () => {
   engine.scope(() => {
     const a = engine.empty([3, 4]), b = engine.empty([5, 6]);
-    assertThrows(() => matmul(a, b), /inner dimensions differ \(4 vs 5\).*\[3, 4\].*\[5, 6\]/);
-    assertThrows(() => matmul(a, engine.empty([6, 5]), { transB: true }), /\(4 vs 5\)/);
+    assertThrows(() => launchMatmul(a, b), /inner dimensions differ \(4 vs 5\).*\[3, 4\].*\[5, 6\]/);
+    assertThrows(() => launchMatmul(a, engine.empty([6, 5]), { transB: true }), /\(4 vs 5\)/);
     assertThrows(
-      () => matmul(engine.empty([2, 3, 4]), engine.empty([3, 4, 2])),
+      () => launchMatmul(engine.empty([2, 3, 4]), engine.empty([3, 4, 2])),
       /batch sizes differ \(2 vs 3\).*\[2, 3, 4\].*\[3, 4, 2\]/,
     );
-    assertThrows(() => matmul(engine.empty([4]), b), /2-D or 3-D/);
+    assertThrows(() => launchMatmul(engine.empty([4]), b), /2-D or 3-D/);
     const b2 = engine.empty([4, 6]);
-    assertThrows(() => matmul(a, b2, { bias: engine.empty([5]) }), /bias \[5\] must be \[6\]/);
-    assertThrows(() => matmul(a, b2, { out: engine.empty([6, 3]) }), /out \[6, 3\] must be \[3, 6\]/);
-    assertThrows(() => matmul(a, b2, { accumulate: true }), /accumulate needs an 'out'/);
-    assertThrows(() => matmul(a, engine.empty([4, 6], "i32")), /b must be f32/);
+    assertThrows(() => launchMatmul(a, b2, { bias: engine.empty([5]) }), /bias \[5\] must be \[6\]/);
+    assertThrows(() => launchMatmul(a, b2, { out: engine.empty([6, 3]) }), /out \[6, 3\] must be \[3, 6\]/);
+    assertThrows(() => launchMatmul(a, b2, { accumulate: true }), /accumulate needs an 'out'/);
+    assertThrows(() => launchMatmul(a, engine.empty([4, 6], "i32")), /b must be f32/);
     const sq = engine.empty([4, 4]);
-    assertThrows(() => matmul(sq, sq, { out: sq }), /must not alias a/);
+    assertThrows(() => launchMatmul(sq, sq, { out: sq }), /must not alias a/);
   });
 });
 
 Deno.test("matmul of empty dimensions: K = 0 gives bias (or zeros), M = 0 gives an empty result", async () => {
   await engine.scopeAsync(async () => {
     const bias = engine.upload([1, 2, 3], [3]);
-    const r = matmul(engine.empty([2, 0]), engine.empty([0, 3]), { bias });
+    const r = launchMatmul(engine.empty([2, 0]), engine.empty([0, 3]), { bias });
     assertEquals(Array.from(await r.read()), [1, 2, 3, 1, 2, 3]);
-    assertEquals(matmul(engine.empty([0, 5]), engine.empty([5, 3])).shape, [0, 3]);
+    assertEquals(launchMatmul(engine.empty([0, 5]), engine.empty([5, 3])).shape, [0, 3]);
   });
 });
 

@@ -1,13 +1,13 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
 import {
-  gelu,
   geluBackward,
-  layerNorm,
+  launchGelu,
+  launchLayerNorm,
   LAYERNORM_ROWTHREAD_MAX_C,
   logSoftmax,
   softmax,
-} from "../engine/ops/nn.ts";
+} from "../engine/launch/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
 
@@ -71,7 +71,7 @@ Deno.test("layerNorm vs float64 on AWKWARD rows x cols, C = 768 and 4099 (256 th
     const X = offsetRows(rows, C, rows * 1009 + C, [0, 3, -10, 0.5], 2);
     const G = randn(C, C + 1), B = randn(C, C + 2);
     await engine.scopeAsync(async () => {
-      const { y, mean, rstd } = layerNorm(
+      const { y, mean, rstd } = launchLayerNorm(
         engine.upload(X, [rows, C]),
         engine.upload(G, [C]),
         engine.upload(B, [C]),
@@ -109,7 +109,7 @@ Deno.test("layerNorm thread-per-row path (C <= 1024) vs float64, and the workgro
     const X = offsetRows(rows, C, rows * 31 + C, [0, 3, -10, 0.5], 2);
     const G = randn(C, C + 3), B = randn(C, C + 4);
     await engine.scopeAsync(async () => {
-      const { y, mean, rstd } = layerNorm(
+      const { y, mean, rstd } = launchLayerNorm(
         engine.upload(X, [rows, C]),
         engine.upload(G, [C]),
         engine.upload(B, [C]),
@@ -128,7 +128,11 @@ Deno.test("layerNorm with |mean| = 300 std stays accurate (two-pass; E[x^2]-E[x]
   const rows = 17, C = 257;
   const X = offsetRows(rows, C, 5, [300, -300, 1000 / 3]);
   const G = randn(C, 6), B = randn(C, 7);
-  const { y, rstd } = layerNorm(engine.upload(X, [rows, C]), engine.upload(G, [C]), engine.upload(B, [C]));
+  const { y, rstd } = launchLayerNorm(
+    engine.upload(X, [rows, C]),
+    engine.upload(G, [C]),
+    engine.upload(B, [C]),
+  );
   const [gy, gr] = await engine.readMany([y, rstd]);
   const ref = refLayerNorm(X, G, B, rows, C);
   // the f32 inputs are exact in both; what is left is the f32 mean's rounding (~300 * 2^-24 per add)
@@ -141,7 +145,7 @@ Deno.test("layerNorm of a constant row gives beta and rstd = 1/sqrt(eps); eps is
   const B = randn(C, 9);
   const x = engine.upload(new Float32Array(2 * C).fill(7.25), [2, C]);
   const g = engine.upload(randn(C, 8), [C]), b = engine.upload(B, [C]);
-  const a = layerNorm(x, g, b), e = layerNorm(x, g, b, 1e-2);
+  const a = launchLayerNorm(x, g, b), e = launchLayerNorm(x, g, b, 1e-2);
   const [y, rstd, rstd2] = await engine.readMany([a.y, a.rstd, e.rstd]);
   assertClose(y, Float64Array.from({ length: 2 * C }, (_, i) => B[i % C]), { atol: 0 }, "y = beta");
   assertClose(rstd, [1 / Math.sqrt(1e-5), 1 / Math.sqrt(1e-5)], { atol: 0, rtol: 1e-6 }, "rstd");
@@ -152,13 +156,13 @@ Deno.test("layerNorm rejects mismatched gamma/beta, non-f32 input, a scalar", ()
   engine.scope(() => {
     const x = engine.upload(randn(12, 1), [3, 4]);
     const g4 = engine.upload(randn(4, 2), [4]);
-    assertThrows(() => layerNorm(x, engine.upload(randn(5, 2), [5]), g4), /gamma must be \[4\]/);
-    assertThrows(() => layerNorm(x, g4, engine.upload(randn(4, 2), [2, 2])), /beta must be \[4\]/);
+    assertThrows(() => launchLayerNorm(x, engine.upload(randn(5, 2), [5]), g4), /gamma must be \[4\]/);
+    assertThrows(() => launchLayerNorm(x, g4, engine.upload(randn(4, 2), [2, 2])), /beta must be \[4\]/);
     assertThrows(
-      () => layerNorm(engine.upload(new Uint32Array(12), [3, 4]), g4, g4),
+      () => launchLayerNorm(engine.upload(new Uint32Array(12), [3, 4]), g4, g4),
       /expected f32, got u32/,
     );
-    assertThrows(() => layerNorm(engine.upload([1], []), g4, g4), /scalar/);
+    assertThrows(() => launchLayerNorm(engine.upload([1], []), g4, g4), /scalar/);
   });
 });
 
@@ -171,7 +175,7 @@ Deno.test("gelu vs float64 tanh form on AWKWARD shapes and extreme inputs (never
   for (const rows of [1, 17, 63]) {
     for (const C of AWKWARD) {
       const X = randn(rows * C, rows * 7 + C, 4);
-      const got = await engine.scopeAsync(() => gelu(engine.upload(X, [rows, C])).read());
+      const got = await engine.scopeAsync(() => launchGelu(engine.upload(X, [rows, C])).read());
       const r = assertClose(
         got,
         Float64Array.from(X, gelu64),
@@ -182,7 +186,7 @@ Deno.test("gelu vs float64 tanh form on AWKWARD shapes and extreme inputs (never
     }
   }
   const X = Float32Array.from(EXTREMES);
-  const got = await engine.scopeAsync(() => gelu(engine.upload(X, [X.length])).read());
+  const got = await engine.scopeAsync(() => launchGelu(engine.upload(X, [X.length])).read());
   for (let i = 0; i < X.length; i++) assert(Number.isFinite(got[i]), `gelu(${X[i]}) = ${got[i]}`);
   assertClose(got, Float64Array.from(X, gelu64), { atol: 1e-6, rtol: 1e-6 }, "gelu extremes");
   console.log(`gelu max abs error ${worst.toExponential(2)}`);
@@ -285,8 +289,8 @@ Deno.test("row ops on an engine with a 64 KiB binding limit: chunked results equ
     const run = async (e: Engine) =>
       await e.scopeAsync(async () => {
         const x = e.upload(X, [rows, C]);
-        const ln = layerNorm(x, e.upload(G, [C]), e.upload(B, [C]));
-        const outs: Tensor[] = [ln.y, ln.mean, ln.rstd, softmax(x), logSoftmax(x), gelu(x)];
+        const ln = launchLayerNorm(x, e.upload(G, [C]), e.upload(B, [C]));
+        const outs: Tensor[] = [ln.y, ln.mean, ln.rstd, softmax(x), logSoftmax(x), launchGelu(x)];
         outs.push(geluBackward(x, e.upload(DY, [rows, C])));
         return await e.readMany(outs);
       });

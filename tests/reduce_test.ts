@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
-import { argmax, max, mean, sum } from "../engine/ops/reduce.ts";
+import { argmax, max, mean, sum } from "../engine/launch/reduce.ts";
 import { SEGMENT } from "../kernels/reduce.ts";
 import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
 

@@ -1,8 +1,8 @@
-// The ops appended to engine/ops.ts for ROME: norm (with PyTorch's zero gradient at the origin) and the
-// KL divergence in the direction ROME's code uses, KL(p ‖ p0), both against float64 finite differences.
+// The ops ROME's v* loss adds to engine/ops.ts: norm (kernels/norm.ts, with PyTorch's zero gradient at the
+// origin) and the KL divergence in the direction ROME's code uses, KL(p ‖ p0), against float64 references.
 import { deepEqual, ok } from "node:assert/strict";
 import { Tape } from "../engine/autograd.ts";
-import { klDivergenceFromRef, norm, sumAll } from "../engine/ops.ts";
+import { klDivergenceModelRef, norm, sumAll } from "../engine/ops.ts";
 import { gradCheck } from "./gradcheck.ts";
 import { assertClose, randn, testEngine } from "./util.ts";
 
@@ -33,6 +33,26 @@ Deno.test("norm: value and gradient against float64 finite differences", async (
   }
 });
 
+Deno.test("norm: value and gradient g·x/‖x‖ vs float64 on awkward shapes (partial and many workgroups)", async () => {
+  const tape = new Tape();
+  for (const shape of [[257], [3, 171], [70_001]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const x = randn(n, 20 + n, 1.3);
+    const [v, dx] = await engine.scopeAsync(async () => {
+      const t = engine.upload(x, shape);
+      t.requiresGrad = true;
+      const y = tape.run(() => norm(t));
+      const g = tape.backward(y, engine.upload(Float32Array.of(-1.75), [1])).get(t)!;
+      const out = [await y.read(), await g.read()];
+      g.dispose();
+      return out;
+    });
+    const want = Math.sqrt(Array.from(x).reduce((s, u) => s + u * u, 0));
+    assertClose(v, [want], { atol: 0, rtol: 1e-5 }, `‖x‖ ${shape}`);
+    assertClose(dx, Array.from(x, (u) => (-1.75 * u) / want), { atol: 1e-7, rtol: 1e-5 }, `dx ${shape}`);
+  }
+});
+
 Deno.test("norm: zero vector has norm 0 and gradient 0 (not NaN)", async () => {
   const tape = new Tape();
   const got = await engine.scopeAsync(async () => {
@@ -47,7 +67,7 @@ Deno.test("norm: zero vector has norm 0 and gradient 0 (not NaN)", async () => {
   deepEqual(got, [0, 0, 0, 0, 0, 0]);
 });
 
-Deno.test("klDivergenceFromRef: KL(p ‖ p0) per row, value and gradient", async () => {
+Deno.test("klDivergenceModelRef: KL(p ‖ p0) per row, value and gradient", async () => {
   const n = 3, V = 37;
   const logits = randn(n * V, 3, 2);
   const ref = randn(n * V, 4, 2);
@@ -64,18 +84,18 @@ Deno.test("klDivergenceFromRef: KL(p ‖ p0) per row, value and gradient", async
   const rep = await gradCheck(
     engine,
     [{ shape: [n, V], data: logits }, { shape: [n, V], data: refLp, grad: false }],
-    ([z, q]) => klDivergenceFromRef(z, q),
+    ([z, q]) => klDivergenceModelRef(z, q),
     ([z]) => cpu(z),
   );
   ok(rep.maxRelErr < 1e-3, `${rep.maxRelErr} (${rep.worst})`);
   const got = await engine.scopeAsync(async () =>
-    await sumAll(klDivergenceFromRef(engine.upload(logits, [n, V]), engine.upload(refLp, [n, V]))).read()
+    await sumAll(klDivergenceModelRef(engine.upload(logits, [n, V]), engine.upload(refLp, [n, V]))).read()
   );
   const want = cpu(Float64Array.from(logits)).reduce((a, b) => a + b, 0);
   assertClose(got, [want], { atol: 1e-5, rtol: 1e-5 }, "Σ KL");
   // p = p0 gives 0
   const zero = await engine.scopeAsync(async () =>
-    await klDivergenceFromRef(engine.upload(refLp, [n, V]), engine.upload(refLp, [n, V])).read()
+    await klDivergenceModelRef(engine.upload(refLp, [n, V]), engine.upload(refLp, [n, V])).read()
   );
   assertClose(zero, [0, 0, 0], { atol: 1e-6 }, "KL(p0 ‖ p0)");
 });

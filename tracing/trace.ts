@@ -20,8 +20,7 @@
 // Runtime-neutral (no Deno APIs) and a client of the GPT-2 graph and the engine's functional ops only.
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Hook, Pos } from "../engine/gpt2/hooks.ts";
-import { selectRows, softmax } from "../engine/ops.ts";
-import { copyRows, sliceCols } from "../engine/ops/copy.ts";
+import { copyRows, selectRows, sliceCols, softmax } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { subjectNoise } from "./noise.ts";
 

@@ -10,7 +10,7 @@ import {
   planCacheStep,
   type QkvCache,
   writeQkv,
-} from "../ops/kvcache.ts";
+} from "../launch/kvcache.ts";
 import type { Tensor } from "../tensor.ts";
 import type { Gpt2Model } from "./model.ts";
 

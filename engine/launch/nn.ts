@@ -44,7 +44,7 @@ export interface LayerNormResult {
 export const LAYERNORM_ROWTHREAD_MAX_C = 1024;
 
 /** LayerNorm over the last dimension of x [..., C] with gamma, beta [C] (GPT-2: eps = 1e-5). */
-export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): LayerNormResult {
+export function launchLayerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): LayerNormResult {
   assertF32("layerNorm", x, gamma, beta);
   const { rows, cols } = rowsCols("layerNorm", x);
   for (const [name, p] of [["gamma", gamma], ["beta", beta]] as const) {
@@ -76,7 +76,7 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): L
  * GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with the tanh argument clamped: finite
  * for every finite input (up to +-3.4e38). Infinite inputs are outside its domain (-inf gives NaN).
  */
-export function gelu(x: Tensor): Tensor {
+export function launchGelu(x: Tensor): Tensor {
   assertF32("gelu", x);
   const engine = x.engine;
   const y = engine.empty(x.shape);

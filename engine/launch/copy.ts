@@ -129,7 +129,7 @@ export function copyRows(src: Tensor, srcRows: Rows, dst: Tensor, dstRows: Rows)
  * x is read as [R, lastDim]; out is [n, lastDim]. Rows >= R cannot be seen without a readback: they give
  * zero rows (callers validate indices on the host). Chunked over x and out for big tensors.
  */
-export function selectRows(x: Tensor, rows: Tensor, what = "selectRows"): Tensor {
+export function launchSelectRows(x: Tensor, rows: Tensor, what = "selectRows"): Tensor {
   assertWordDtype(what, x);
   assertIndex(what, rows);
   const { rows: R, cols: C } = asRows(x, what);

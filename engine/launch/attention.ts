@@ -417,7 +417,7 @@ function backwardChunk(
  * softmax in f32 with the row max subtracted. Padded positions produce zero rows and never influence
  * valid ones, whatever they hold.
  */
-export function attention(
+export function launchAttention(
   qkv: Tensor,
   lengths: Tensor,
   nHead: number,

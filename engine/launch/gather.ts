@@ -3,7 +3,7 @@
 import { copyWorkgroups } from "../../kernels/copy.ts";
 import { addPositionsKernel, scatterAddKernel, scatterLinksKernel } from "../../kernels/gather.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
-import { selectRows } from "./copy.ts";
+import { launchSelectRows } from "./copy.ts";
 import { bindAll, bindRows, rowChunks } from "../chunks.ts";
 
 /**
@@ -12,13 +12,13 @@ import { bindAll, bindRows, rowChunks } from "../chunks.ts";
  * each writing only the rows whose id falls in its chunk. Ids >= V cannot be seen without a readback:
  * they give zero rows. Callers validate ids on the host.
  */
-export function gatherRows(table: Tensor, ids: Tensor): Tensor {
+export function launchGatherRows(table: Tensor, ids: Tensor): Tensor {
   if (table.rank !== 2) throw new RangeError(`gatherRows: table must be [V, C], got ${table}`);
-  return selectRows(table, ids, "gatherRows");
+  return launchSelectRows(table, ids, "gatherRows");
 }
 
 /** out[b, t, :] = x[b, t, :] + wpe[t, :] for x [B, T, C] and wpe [P, C] with T <= P. */
-export function addPositions(x: Tensor, wpe: Tensor): Tensor {
+export function launchAddPositions(x: Tensor, wpe: Tensor): Tensor {
   const what = "addPositions";
   if (x.dtype !== "f32" || wpe.dtype !== "f32") {
     throw new TypeError(`${what}: expected f32, got ${x} and ${wpe}`);

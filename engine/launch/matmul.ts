@@ -259,7 +259,7 @@ function assertF32(what: string, t: Tensor): void {
  * every batch ([Bt, M, K]·[K, N] applies one weight matrix to all batches). Transposed operands are read in
  * place (a is [K, M] with transA, b is [N, K] with transB); nothing is materialised.
  */
-export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+export function launchMatmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
   const alpha = opts.alpha ?? 1;
   assertF32("a", a);

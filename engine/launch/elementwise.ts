@@ -24,14 +24,14 @@ function binary(op: BinaryOp, a: Tensor, b: Tensor, alpha: number, beta: number)
 }
 
 /** a + b (b broadcast over a's leading dimensions when smaller). */
-export const add = (a: Tensor, b: Tensor): Tensor => binary("add", a, b, 1, 1);
-export const sub = (a: Tensor, b: Tensor): Tensor => binary("sub", a, b, 1, 1);
-export const mul = (a: Tensor, b: Tensor): Tensor => binary("mul", a, b, 1, 1);
+export const launchAdd = (a: Tensor, b: Tensor): Tensor => binary("add", a, b, 1, 1);
+export const launchSub = (a: Tensor, b: Tensor): Tensor => binary("sub", a, b, 1, 1);
+export const launchMul = (a: Tensor, b: Tensor): Tensor => binary("mul", a, b, 1, 1);
 /** alpha * x + y. */
 export const axpy = (alpha: number, x: Tensor, y: Tensor): Tensor => binary("add", x, y, alpha, 1);
 
 /** alpha * a + beta. */
-export function scale(a: Tensor, alpha: number, beta = 0): Tensor {
+export function launchScale(a: Tensor, alpha: number, beta = 0): Tensor {
   assertF32("scale", a);
   const out = a.engine.empty(a.shape);
   a.engine.dispatch(affineKernel, { n: a.size, alpha, beta }, [a, out], elementwiseWorkgroups(a.size));

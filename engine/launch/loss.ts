@@ -1,6 +1,7 @@
 // Losses with their gradients w.r.t. the logits: per-row cross-entropy (optionally weighted, weight 0
-// masks a row) and the KL divergence from a fixed reference distribution (ROME's essence-drift term,
-// Meng et al. 2022, eq. 4: KL(P[x | p'] || G'(x | p')) summed over the vocabulary per row).
+// masks a row) and KL(p0 || p) = Σ_v p0 (log p0 − log p) per row, p = softmax(logits), p0 a fixed reference
+// (the reference weights the sum; ROME's own drift term is the other direction, KL(p || p0):
+// klDivergenceModelRef in engine/ops.ts).
 //
 // Each op runs a fused forward (one workgroup per row, max-subtracted) and returns the per-row loss, the
 // per-row values its backward needs (`saved`), and `dlogits(g)`, which records the gradient for an
@@ -14,8 +15,8 @@ import {
   crossEntropyBackwardKernel,
   crossEntropyKernel,
   KL_SAVED,
-  klDivergenceBackwardKernel,
-  klDivergenceKernel,
+  klDivergenceRefModelBackwardKernel,
+  klDivergenceRefModelKernel,
   lossGradWorkgroups,
 } from "../../kernels/loss.ts";
 import { rowWorkgroupSize } from "../../kernels/reduce.ts";
@@ -31,7 +32,7 @@ export interface CrossEntropyResult {
   dlogits(g?: Tensor): Tensor;
 }
 
-export interface KlDivergenceResult {
+export interface KlDivergenceRefModelResult {
   /** Per-row Σ_v p0 (log p0 − log p_new), [n]. */
   loss: Tensor;
   /** Saved for the backward: per row the max m, log Σ exp(l − m) and Σ p0, [n, 3]. */
@@ -70,7 +71,7 @@ function chunks(logits: Tensor, n: number, V: number, savedK: number, what: stri
  * weights [n]. Weight 0 gives exactly 0 loss and gradient; a target >= V in a row of non-zero weight
  * gives NaN (it cannot be checked without a readback).
  */
-export function crossEntropy(logits: Tensor, targets: Tensor, weights?: Tensor): CrossEntropyResult {
+export function launchCrossEntropy(logits: Tensor, targets: Tensor, weights?: Tensor): CrossEntropyResult {
   const what = "crossEntropy";
   const { n, V } = logitRows(what, logits);
   if (targets.dtype !== "u32") throw new TypeError(`${what}: targets must be u32, got ${targets}`);
@@ -110,7 +111,10 @@ export function crossEntropy(logits: Tensor, targets: Tensor, weights?: Tensor):
  * `F.kl_div(log_softmax(logitsNew), logProbsRef, log_target=True, reduction="none").sum(-1)`, except that
  * terms with p0 = 0 count 0 instead of NaN.
  */
-export function klDivergence(logitsNew: Tensor, logProbsRef: Tensor): KlDivergenceResult {
+export function launchKlDivergenceRefModel(
+  logitsNew: Tensor,
+  logProbsRef: Tensor,
+): KlDivergenceRefModelResult {
   const what = "klDivergence";
   const { n, V } = logitRows(what, logitsNew);
   assertF32(what, logProbsRef);
@@ -121,7 +125,7 @@ export function klDivergence(logitsNew: Tensor, logProbsRef: Tensor): KlDivergen
   }
   const e = logitsNew.engine;
   const loss = e.empty([n]), saved = e.empty([n, KL_SAVED]);
-  const kernel = klDivergenceKernel(rowWorkgroupSize(V));
+  const kernel = klDivergenceRefModelKernel(rowWorkgroupSize(V));
   for (const [r0, r1] of chunks(logitsNew, n, V, KL_SAVED, what)) {
     const lr = bindRows(logitsNew, r0, r1, V), vr = bindRows(loss, r0, r1, 1);
     const sr = bindRows(saved, r0, r1, KL_SAVED);
@@ -132,7 +136,7 @@ export function klDivergence(logitsNew: Tensor, logProbsRef: Tensor): KlDivergen
       flatWorkgroups(r1 - r0, e.limits.maxWorkgroupsPerDim),
     );
   }
-  const dlogits = (g?: Tensor): Tensor => klDivergenceBackward(logitsNew, logProbsRef, saved, g);
+  const dlogits = (g?: Tensor): Tensor => klDivergenceRefModelBackward(logitsNew, logProbsRef, saved, g);
   return { loss, saved, dlogits };
 }
 
@@ -172,7 +176,7 @@ export function crossEntropyBackward(
 }
 
 /** The gradient of `klDivergence` w.r.t. the new logits, from the forward's inputs and `saved` rows. */
-export function klDivergenceBackward(
+export function klDivergenceRefModelBackward(
   logitsNew: Tensor,
   logProbsRef: Tensor,
   saved: Tensor,
@@ -183,7 +187,7 @@ export function klDivergenceBackward(
   const e = logitsNew.engine;
   checkUpstream(what, g, n);
   const out = e.empty([n, V]);
-  const back = klDivergenceBackwardKernel(g !== undefined);
+  const back = klDivergenceRefModelBackwardKernel(g !== undefined);
   for (const [r0, r1] of chunks(logitsNew, n, V, KL_SAVED, what)) {
     const lr = bindRows(logitsNew, r0, r1, V), sr = bindRows(saved, r0, r1, KL_SAVED);
     const gr = g ? bindRows(g, r0, r1, 1) : undefined;
