@@ -3,8 +3,27 @@
 // One workgroup per row. Two passes over the row (mean, then the centred sum of squares) instead of
 // E[x^2] - E[x]^2, which cancels catastrophically in f32 when |mean| >> std. The per-row mean and rstd
 // are written too: the backward pass needs exactly these values. Plain ES module: no Deno API.
-import type { KernelSpec } from "./descriptor.ts";
+import type { Access, KernelSpec, StorageBinding, UniformType } from "./descriptor.ts";
 import { WGSL_WG_SUM } from "./reduce.ts";
+
+const f32 = (name: string, access: Access): StorageBinding => ({ name, access, type: "f32" });
+
+/** Uniforms and bindings of both forward kernels (workgroup per row and thread per row). */
+const FORWARD_UNIFORMS: readonly (readonly [string, UniformType])[] = [
+  ["rows", "u32"],
+  ["C", "u32"],
+  ["off", "u32"],
+  ["statOff", "u32"],
+  ["eps", "f32"],
+];
+const FORWARD_BINDINGS: readonly StorageBinding[] = [
+  f32("x", "read"),
+  f32("gamma", "read"),
+  f32("beta", "read"),
+  f32("y", "read_write"),
+  f32("mean", "read_write"),
+  f32("rstd", "read_write"),
+];
 
 /**
  * Bindings x and y are chunk ranges of [rows, C] tensors that start at the same element, so they share
@@ -13,15 +32,8 @@ import { WGSL_WG_SUM } from "./reduce.ts";
 export function layerNormKernel(wg: number): KernelSpec {
   return {
     key: `layernorm_f32_rows_wg${wg}`,
-    uniforms: [["rows", "u32"], ["C", "u32"], ["off", "u32"], ["statOff", "u32"], ["eps", "f32"]],
-    bindings: [
-      { name: "x", access: "read", type: "f32" },
-      { name: "gamma", access: "read", type: "f32" },
-      { name: "beta", access: "read", type: "f32" },
-      { name: "y", access: "read_write", type: "f32" },
-      { name: "mean", access: "read_write", type: "f32" },
-      { name: "rstd", access: "read_write", type: "f32" },
-    ],
+    uniforms: FORWARD_UNIFORMS,
+    bindings: FORWARD_BINDINGS,
     workgroupSize: [wg, 1, 1],
     body: /* wgsl */ `
 ${WGSL_WG_SUM}
@@ -91,15 +103,8 @@ function blockedRowSums(sums: readonly (readonly [string, string])[], pre = ""):
  */
 export const layerNormRowThreadKernel: KernelSpec = {
   key: "layernorm_f32_rowthread",
-  uniforms: [["rows", "u32"], ["C", "u32"], ["off", "u32"], ["statOff", "u32"], ["eps", "f32"]],
-  bindings: [
-    { name: "x", access: "read", type: "f32" },
-    { name: "gamma", access: "read", type: "f32" },
-    { name: "beta", access: "read", type: "f32" },
-    { name: "y", access: "read_write", type: "f32" },
-    { name: "mean", access: "read_write", type: "f32" },
-    { name: "rstd", access: "read_write", type: "f32" },
-  ],
+  uniforms: FORWARD_UNIFORMS,
+  bindings: FORWARD_BINDINGS,
   workgroupSize: [LAYERNORM_ROWTHREAD_WG, 1, 1],
   body: /* wgsl */ `
 @compute @workgroup_size(WG_X, WG_Y, WG_Z)
@@ -134,6 +139,43 @@ ${blockedRowSums([["q", "d * d"]], "let d = x[base + c] - mu;")}
 // sums its own columns over the block into one partial row; the second sums the partial rows in block
 // order. Results are bitwise reproducible.
 
+/** The inputs every backward kernel reads first: the forward's x, the upstream dy and the saved stats. */
+const BACKWARD_INPUTS: readonly StorageBinding[] = [
+  f32("x", "read"),
+  f32("dy", "read"),
+  f32("mean", "read"),
+  f32("rstd", "read"),
+];
+
+/** Uniforms of the kernels that work on blocks of `rowsPerBlock` consecutive rows. */
+const BLOCK_UNIFORMS: readonly (readonly [string, UniformType])[] = [
+  ["rows", "u32"], // rows in this chunk
+  ["C", "u32"],
+  ["rowsPerBlock", "u32"],
+  ["blocks", "u32"], // blocks in this chunk
+  ["off", "u32"],
+  ["statOff", "u32"],
+  ["pOff", "u32"],
+];
+
+/**
+ * WGSL: block `block`'s partial [dgamma | dbeta] sums of column c, dy * xhat and dy over rows [r0, r1) in
+ * row order, written to its row of `partial`.
+ */
+const WGSL_BLOCK_COLUMN_PARTIAL = /* wgsl */ `
+fn blockColumnPartial(block: u32, c: u32, r0: u32, r1: u32) {
+  var g = 0.0;
+  var s = 0.0;
+  for (var r = r0; r < r1; r = r + 1u) {
+    let d = dy[P.off + r * P.C + c];
+    g = g + d * (x[P.off + r * P.C + c] - mean[P.statOff + r]) * rstd[P.statOff + r];
+    s = s + d;
+  }
+  let prow = P.pOff + block * 2u * P.C;
+  partial[prow + c] = g;
+  partial[prow + P.C + c] = s;
+}`;
+
 /**
  * dx for a block of `rowsPerBlock` rows per workgroup, plus the block's partial [dgamma | dbeta] row of
  * 2C values. x, dy and dx are chunk ranges of [rows, C] tensors starting at the same element (`off`);
@@ -142,27 +184,17 @@ ${blockedRowSums([["q", "d * d"]], "let d = x[base + c] - mu;")}
 export function layerNormBackwardKernel(wg: number): KernelSpec {
   return {
     key: `layernorm_backward_f32_rowblocks_wg${wg}`,
-    uniforms: [
-      ["rows", "u32"], // rows in this chunk
-      ["C", "u32"],
-      ["rowsPerBlock", "u32"],
-      ["blocks", "u32"], // blocks in this chunk
-      ["off", "u32"],
-      ["statOff", "u32"],
-      ["pOff", "u32"],
-    ],
+    uniforms: BLOCK_UNIFORMS,
     bindings: [
-      { name: "x", access: "read", type: "f32" },
-      { name: "dy", access: "read", type: "f32" },
-      { name: "mean", access: "read", type: "f32" },
-      { name: "rstd", access: "read", type: "f32" },
-      { name: "gamma", access: "read", type: "f32" },
-      { name: "dx", access: "read_write", type: "f32" },
-      { name: "partial", access: "read_write", type: "f32" },
+      ...BACKWARD_INPUTS,
+      f32("gamma", "read"),
+      f32("dx", "read_write"),
+      f32("partial", "read_write"),
     ],
     workgroupSize: [wg, 1, 1],
     body: /* wgsl */ `
 ${WGSL_WG_SUM}
+${WGSL_BLOCK_COLUMN_PARTIAL}
 @compute @workgroup_size(WG_X, WG_Y, WG_Z)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -190,18 +222,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
   }
   // Thread lid owns columns lid, lid + WG_X, ...: its partial sums need no synchronisation.
-  let prow = P.pOff + block * 2u * P.C;
-  for (var c = lid; c < P.C; c = c + WG_X) {
-    var g = 0.0;
-    var s = 0.0;
-    for (var r = r0; r < r1; r = r + 1u) {
-      let d = dy[P.off + r * P.C + c];
-      g = g + d * (x[P.off + r * P.C + c] - mean[P.statOff + r]) * rstd[P.statOff + r];
-      s = s + d;
-    }
-    partial[prow + c] = g;
-    partial[prow + P.C + c] = s;
-  }
+  for (var c = lid; c < P.C; c = c + WG_X) { blockColumnPartial(block, c, r0, r1); }
 }`,
   };
 }
@@ -215,14 +236,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 export const layerNormBackwardRowThreadKernel: KernelSpec = {
   key: "layernorm_backward_f32_rowthread",
   uniforms: [["rows", "u32"], ["C", "u32"], ["off", "u32"], ["statOff", "u32"]],
-  bindings: [
-    { name: "x", access: "read", type: "f32" },
-    { name: "dy", access: "read", type: "f32" },
-    { name: "mean", access: "read", type: "f32" },
-    { name: "rstd", access: "read", type: "f32" },
-    { name: "gamma", access: "read", type: "f32" },
-    { name: "dx", access: "read_write", type: "f32" },
-  ],
+  bindings: [...BACKWARD_INPUTS, f32("gamma", "read"), f32("dx", "read_write")],
   workgroupSize: [LAYERNORM_ROWTHREAD_WG, 1, 1],
   body: /* wgsl */ `
 @compute @workgroup_size(WG_X, WG_Y, WG_Z)
@@ -261,24 +275,11 @@ export const LAYERNORM_PARTIAL_WG = 64;
  */
 export const layerNormBlockPartialKernel: KernelSpec = {
   key: "layernorm_backward_f32_colpartial",
-  uniforms: [
-    ["rows", "u32"], // rows in this chunk
-    ["C", "u32"],
-    ["rowsPerBlock", "u32"],
-    ["blocks", "u32"], // blocks in this chunk
-    ["off", "u32"],
-    ["statOff", "u32"],
-    ["pOff", "u32"],
-  ],
-  bindings: [
-    { name: "x", access: "read", type: "f32" },
-    { name: "dy", access: "read", type: "f32" },
-    { name: "mean", access: "read", type: "f32" },
-    { name: "rstd", access: "read", type: "f32" },
-    { name: "partial", access: "read_write", type: "f32" },
-  ],
+  uniforms: BLOCK_UNIFORMS,
+  bindings: [...BACKWARD_INPUTS, f32("partial", "read_write")],
   workgroupSize: [LAYERNORM_PARTIAL_WG, 1, 1],
   body: /* wgsl */ `
+${WGSL_BLOCK_COLUMN_PARTIAL}
 @compute @workgroup_size(WG_X, WG_Y, WG_Z)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -287,17 +288,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let c = t - block * P.C;
   if (block >= P.blocks) { return; }
   let r0 = block * P.rowsPerBlock;
-  let r1 = min(r0 + P.rowsPerBlock, P.rows);
-  var g = 0.0;
-  var s = 0.0;
-  for (var r = r0; r < r1; r = r + 1u) {
-    let d = dy[P.off + r * P.C + c];
-    g = g + d * (x[P.off + r * P.C + c] - mean[P.statOff + r]) * rstd[P.statOff + r];
-    s = s + d;
-  }
-  let prow = P.pOff + block * 2u * P.C;
-  partial[prow + c] = g;
-  partial[prow + P.C + c] = s;
+  blockColumnPartial(block, c, r0, min(r0 + P.rowsPerBlock, P.rows));
 }`,
 };
 

@@ -20,7 +20,8 @@
 // NaN comes from a uniform (`P.nan`) because a constant NaN is a shader-creation error.
 // Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type StorageBinding, type Workgroups } from "./descriptor.ts";
-import { WGSL_LOWEST, WGSL_WG_SUM } from "./reduce.ts";
+import { WGSL_WG_SUM } from "./reduce.ts";
+import { wgslRowMaxSum } from "./softmax.ts";
 
 /** Threads per workgroup of the elementwise gradient kernels. */
 export const LOSS_GRAD_WG = 256;
@@ -29,42 +30,8 @@ export const LOSS_GRAD_WG = 256;
 export const CE_SAVED = 2;
 export const KL_SAVED = 3;
 
-/** Online (max, sum exp) over row `base .. base + V` of `x`, merged across the workgroup: sets m and s. */
-const WGSL_ROW_LOGSUMEXP = /* wgsl */ `
-${WGSL_LOWEST}
-var<workgroup> redM: array<f32, WG_X>;
-var<workgroup> redS: array<f32, WG_X>;
-// Returns (m, s): m = max of the row, s = sum exp(x - m). Call from uniform control flow (barriers).
-fn rowMaxSum(lid: u32, base: u32, V: u32) -> vec2<f32> {
-  // LOWEST, not -inf: a thread with no column merges as exp(finite) * 0 = 0, not exp(-inf + inf) = NaN.
-  var m = LOWEST_F32;
-  var s = 0.0;
-  for (var c = lid; c < V; c = c + WG_X) {
-    let v = logits[base + c];
-    if (v > m) {
-      s = s * exp(m - v) + 1.0;
-      m = v;
-    } else {
-      s = s + exp(v - m);
-    }
-  }
-  redM[lid] = m;
-  redS[lid] = s;
-  workgroupBarrier();
-  for (var k = WG_X / 2u; k > 0u; k = k >> 1u) {
-    if (lid < k) {
-      let m1 = redM[lid];
-      let m2 = redM[lid + k];
-      let mm = max(m1, m2);
-      redS[lid] = redS[lid] * exp(m1 - mm) + redS[lid + k] * exp(m2 - mm);
-      redM[lid] = mm;
-    }
-    workgroupBarrier();
-  }
-  let out = vec2<f32>(redM[0], redS[0]);
-  workgroupBarrier();
-  return out;
-}`;
+/** The online (max, sum exp) of a row of the logits, merged across the workgroup (softmax.ts). */
+const WGSL_ROW_LOGSUMEXP = wgslRowMaxSum("logits");
 
 const f32In = (name: string): StorageBinding => ({ name, access: "read", type: "f32" });
 const f32Out = (name: string): StorageBinding => ({ name, access: "read_write", type: "f32" });

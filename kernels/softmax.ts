@@ -15,32 +15,23 @@ const OUT: Record<SoftmaxKind, string> = {
   logsoftmax: "(v - m) - log(s)",
 };
 
-/** x and y are chunk ranges of [rows, cols] tensors starting at the same element, sharing `off`. */
-export function softmaxKernel(kind: SoftmaxKind, wg: number): KernelSpec {
-  return {
-    key: `${kind}_f32_rows_online_wg${wg}`,
-    uniforms: [["rows", "u32"], ["cols", "u32"], ["off", "u32"]],
-    bindings: [
-      { name: "x", access: "read", type: "f32" },
-      { name: "y", access: "read_write", type: "f32" },
-    ],
-    workgroupSize: [wg, 1, 1],
-    body: /* wgsl */ `
+/**
+ * WGSL: `rowMaxSum(lid, base, n)`, the online (max, sum exp) of `src[base .. base + n]` merged across the
+ * workgroup, returning (m, s): m = max of the row, s = sum exp(src - m). Declares the workgroup arrays
+ * redM and redS; call from uniform control flow (barriers). Shared by softmax and the loss kernels.
+ */
+export function wgslRowMaxSum(src: string): string {
+  return /* wgsl */ `
 ${WGSL_LOWEST}
 var<workgroup> redM: array<f32, WG_X>;
 var<workgroup> redS: array<f32, WG_X>;
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
-  let base = P.off + row * P.cols;
+fn rowMaxSum(lid: u32, base: u32, n: u32) -> vec2<f32> {
   // Start at the lowest finite value, not -inf: a thread with no column (or only -inf columns) then
   // holds s = 0 and merges as exp(finite) * 0 = 0 instead of exp(-inf - -inf) = NaN.
   var m = LOWEST_F32;
   var s = 0.0;
-  for (var c = lid; c < P.cols; c = c + WG_X) {
-    let v = x[base + c];
+  for (var c = lid; c < n; c = c + WG_X) {
+    let v = ${src}[base + c];
     if (v > m) {
       s = s * exp(m - v) + 1.0;
       m = v;
@@ -61,8 +52,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
   }
-  m = redM[0];
-  s = redS[0];
+  let out = vec2<f32>(redM[0], redS[0]);
+  workgroupBarrier();
+  return out;
+}`;
+}
+
+/** x and y are chunk ranges of [rows, cols] tensors starting at the same element, sharing `off`. */
+export function softmaxKernel(kind: SoftmaxKind, wg: number): KernelSpec {
+  return {
+    key: `${kind}_f32_rows_online_wg${wg}`,
+    uniforms: [["rows", "u32"], ["cols", "u32"], ["off", "u32"]],
+    bindings: [
+      { name: "x", access: "read", type: "f32" },
+      { name: "y", access: "read_write", type: "f32" },
+    ],
+    workgroupSize: [wg, 1, 1],
+    body: /* wgsl */ `
+${wgslRowMaxSum("x")}
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= P.rows) { return; }
+  let base = P.off + row * P.cols;
+  let ms = rowMaxSum(lid, base, P.cols);
+  let m = ms.x;
+  let s = ms.y;
   for (var c = lid; c < P.cols; c = c + WG_X) {
     let v = x[base + c];
     y[base + c] = ${OUT[kind]};
