@@ -9,21 +9,23 @@
 import {
   type AttnTile,
   avKernel,
-  flatAttnWorkgroups,
   FUSED_MAX_HD,
   FUSED_MAX_T,
   fusedKernel,
   fusedStorageBytes,
-  mergeHeadsKernel,
   qkKernel,
-  rowSoftmaxBackwardKernel,
-  rowSoftmaxKernel,
   rowWorkgroups,
   softmaxBackwardKernel,
   softmaxKernel,
-  splitHeadsKernel,
   tileWorkgroups,
 } from "../../kernels/attention.ts";
+import {
+  flatAttnWorkgroups,
+  mergeHeadsKernel,
+  rowSoftmaxBackwardKernel,
+  rowSoftmaxKernel,
+  splitHeadsKernel,
+} from "../../kernels/attention_heads.ts";
 import { type MatmulConfig, matmulKernel, matmulKey, matmulWorkgroups } from "../../kernels/matmul.ts";
 import type { KernelSpec } from "../../kernels/descriptor.ts";
 import { type GemmProblem, planGemm } from "./matmul.ts";

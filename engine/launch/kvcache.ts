@@ -1,8 +1,8 @@
-// The KV cache of incremental decoding and its attention op (kernels/attention.ts, cachedAttentionKernel).
+// The KV cache of incremental decoding and its attention op (kernels/attention_cached.ts).
 // A layer's cache keeps the c_attn output rows [Tmax, 3C] of every sequence; sequences are grouped into
 // tensors that each fit one storage binding (GPT-2 XL with 1024 positions: 19.7 MB a sequence, six to a
 // group on lavapipe's 128 MiB). Forward only: generation needs no gradients.
-import { CACHED_MAX_T, cachedAttentionKernel } from "../../kernels/attention.ts";
+import { CACHED_MAX_T, cachedAttentionKernel } from "../../kernels/attention_cached.ts";
 import type { Engine } from "../engine.ts";
 import type { Tensor } from "../tensor.ts";
 import { bindAll } from "../chunks.ts";
