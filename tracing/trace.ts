@@ -18,6 +18,8 @@
 // hooks from the clean row): tests check the two agree, the benchmark measures the difference.
 //
 // Runtime-neutral (no Deno APIs) and a client of the GPT-2 graph and the engine's functional ops only.
+// About 600 lines and kept whole: the base pass, the cell plans and the chunk runner are one algorithm that
+// shares private state (BasePass's captures, Plan), and the naive reference sits beside it on purpose.
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Hook, Pos } from "../engine/gpt2/hooks.ts";
 import { copyRows, selectRows, sliceCols, softmax } from "../engine/ops.ts";
