@@ -1,7 +1,7 @@
 // Normalisation and activation ops: layerNorm (with the per-row statistics the backward pass needs),
 // GPT-2's tanh GELU and its derivative, softmax and log-softmax over the last dimension.
 // Tensors larger than one storage binding are processed in chunks of whole rows (elements for GELU).
-import { flatWorkgroups, type Workgroups } from "../../kernels/descriptor.ts";
+import { flatWorkgroups, type KernelSpec, type Workgroups } from "../../kernels/descriptor.ts";
 import { geluBackwardKernel, geluKernel, geluWorkgroups } from "../../kernels/gelu.ts";
 import {
   LAYERNORM_COLSUM_WG,
@@ -78,18 +78,22 @@ export function launchLayerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e
  */
 export function launchGelu(x: Tensor): Tensor {
   assertF32("gelu", x);
+  return geluChunks(geluKernel, "gelu", x, [], x.engine.empty(x.shape));
+}
+
+/** Runs a GELU kernel over x in element chunks, binding x, then `inputs`, then `out` (all x's shape). */
+function geluChunks(kernel: KernelSpec, what: string, x: Tensor, inputs: Tensor[], out: Tensor): Tensor {
   const engine = x.engine;
-  const y = engine.empty(x.shape);
-  for (const [i0, i1] of rowChunks(engine, x.size, [1 * 4], "gelu")) {
+  for (const [i0, i1] of rowChunks(engine, x.size, [1 * 4], what)) {
     const xr = x.range(i0, i1);
     engine.dispatch(
-      geluKernel,
+      kernel,
       { n: i1 - i0, off: xr.elemOffset },
-      [xr, y.range(i0, i1)],
+      [xr, ...inputs.map((t) => t.range(i0, i1)), out.range(i0, i1)],
       geluWorkgroups(i1 - i0),
     );
   }
-  return y;
+  return out;
 }
 
 /** dx = dy * gelu'(x), the derivative of the same clamped tanh form `gelu` computes. */
@@ -98,18 +102,7 @@ export function geluBackward(x: Tensor, dy: Tensor): Tensor {
   if (x.rank !== dy.rank || x.shape.some((d, i) => d !== dy.shape[i])) {
     throw new RangeError(`geluBackward: dy ${shapeStr(dy.shape)} must match x ${shapeStr(x.shape)}`);
   }
-  const engine = x.engine;
-  const dx = engine.empty(x.shape);
-  for (const [i0, i1] of rowChunks(engine, x.size, [1 * 4], "geluBackward")) {
-    const xr = x.range(i0, i1);
-    engine.dispatch(
-      geluBackwardKernel,
-      { n: i1 - i0, off: xr.elemOffset },
-      [xr, dy.range(i0, i1), dx.range(i0, i1)],
-      geluWorkgroups(i1 - i0),
-    );
-  }
-  return dx;
+  return geluChunks(geluBackwardKernel, "geluBackward", x, [dy], x.engine.empty(x.shape));
 }
 
 function rowSoftmax(kind: SoftmaxKind, op: string, x: Tensor): Tensor {
