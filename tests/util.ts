@@ -1,6 +1,7 @@
 // Shared test helpers: a seeded RNG, float64 comparison with stated tolerances, the shared engine.
 import { Engine, getEngine, releaseEngine } from "../engine/engine.ts";
 import { quietMesa } from "../engine/host.ts";
+import { mulberry32 } from "../engine/random.ts";
 
 // Mesa complains on stderr without XDG_RUNTIME_DIR (`deno test FILE` does not go through tests/run.ts).
 quietMesa();
@@ -15,17 +16,8 @@ export function testEngine(): Promise<Engine> {
 // `deno task test` runs the tests on the main thread; see tests/run.ts.)
 globalThis.addEventListener("unload", releaseEngine);
 
-/** mulberry32: small, fast, seeded; tests must be reproducible. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The tests' seeded generator (mulberry32): tests must be reproducible. */
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** Standard normal samples (Box-Muller) as float32 values. */
 export function randn(n: number, seed: number, scale = 1): Float32Array {

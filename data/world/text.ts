@@ -2,6 +2,7 @@
  * Relation templates and the filler-sentence generator for the facts world (see README.md).
  * No Deno APIs and no data access: everything here is a pure function of its arguments.
  */
+import { mulberry32 } from "../../engine/random.ts";
 
 /** A seeded random source: returns floats in [0, 1). */
 export type Rand = () => number;
@@ -11,14 +12,7 @@ export function makeRand(seed: number, stream: string): Rand {
   // FNV-1a of the stream name, mixed with the seed.
   let h = 0x811c9dc5;
   for (let i = 0; i < stream.length; i++) h = Math.imul(h ^ stream.charCodeAt(i), 0x01000193);
-  let a = (h ^ Math.imul(seed >>> 0, 0x9e3779b1)) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(h ^ Math.imul(seed >>> 0, 0x9e3779b1));
 }
 
 export function pick<T>(r: Rand, xs: readonly T[]): T {
