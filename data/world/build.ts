@@ -63,7 +63,12 @@ const ABOUT_PROBABILITY = 0.5;
 /** Documents of ordinary sentences only, as a share of the passages (keeps generations fluent). */
 const GENERIC_SHARE = 0.15;
 /** Counterfact records per relation. */
-const COUNTERFACT_QUOTA: Record<string, number> = { P17: 150, "P30-city": 50, "P37-city": 100, "P38-city": 100 };
+const COUNTERFACT_QUOTA: Record<string, number> = {
+  P17: 150,
+  "P30-city": 50,
+  "P37-city": 100,
+  "P38-city": 100,
+};
 /** A record's true object is shared by at least this many subjects (neighbours), and so is its new object. */
 const MIN_HOLDERS = 6;
 const KNOWN_FACTS = 400;
@@ -335,7 +340,11 @@ function buildWorld(seed: number): World {
         "P37-city": info.language,
         "P38-city": info.currency,
       }[rel];
-      add(info.name, rel, object, "city", { cca2: raw.country, geonames_id: raw.cityId, population: raw.population });
+      add(info.name, rel, object, "city", {
+        cca2: raw.country,
+        geonames_id: raw.cityId,
+        population: raw.population,
+      });
     }
   }
   for (const rel of ["P30", "P36", "P37", "P38"]) {
@@ -377,7 +386,9 @@ function relationOf(id: string) {
 function passage(r: Rand, facts: World["facts"], about: () => string): string[] {
   const sentences = shuffle(r, facts.slice()).map((f, i) => {
     const t = pick(r, relationOf(f.relation_id).training);
-    return i > 0 && t.startsWith("{}") && r() < IT_PROBABILITY ? statement(r, f, t, "It") : statement(r, f, t);
+    return i > 0 && t.startsWith("{}") && r() < IT_PROBABILITY
+      ? statement(r, f, t, "It")
+      : statement(r, f, t);
   });
   if (r() < ABOUT_PROBABILITY) sentences.splice(int(r, 0, sentences.length), 0, about());
   if (r() < OPENER_PROBABILITY) sentences.unshift(genericSentence(r));
