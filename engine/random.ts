@@ -1,6 +1,6 @@
 // The one seeded generator of the project: sampling, initialisation, tracing noise, the facts world and
 // the tests' random data all draw from it, so that everything is reproducible from a seed. A leaf module
-// (no imports): data/world/text.ts uses it and must stay free of Deno APIs.
+// (no imports): the facts world's generator (data/world/random.ts) must stay free of Deno APIs.
 
 /**
  * mulberry32: floats in [0, 1) from a 32-bit state (the seed, taken mod 2³²). Small and fast; not for
