@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 import { findSubjectRange } from "./engine/gpt2/tokenizer.ts";
 import { fmt } from "./tracing/render.ts";
 import { LAST_SUBJECT } from "./tracing/aggregate.ts";
-import { type CaseStore, summarizeFacts, traceFacts } from "./tracing/dataset.ts";
+import { summarizeFacts, type TraceCaseStore, traceFacts } from "./tracing/dataset.ts";
 import {
   EXAMPLE_KNOWN_ID,
   FactsFormatError,
@@ -2049,8 +2049,8 @@ import {
 } from "./eval/datasets.ts";
 import { defaultFtHparams, FtHparamsError, parseFtHparams } from "./eval/finetune.ts";
 import {
-  type CaseStore as EvalCaseStore,
   editGroups,
+  type EvalCaseStore,
   type PreStore,
   RunConflictError,
   runEvaluation,
@@ -2963,7 +2963,7 @@ function printTraceTiming(rows: number, traceSeconds: number, wallSeconds: numbe
 }
 
 /** Case files `<dir>/<known_id>_<kind>.json`, written atomically; unreadable ones count as missing. */
-function fileCaseStore(dir: string): CaseStore {
+function fileCaseStore(dir: string): TraceCaseStore {
   return {
     async load(id, kind) {
       try {

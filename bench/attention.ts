@@ -8,23 +8,17 @@ import { castF16ToF32, castF32ToF16, copyRows } from "../engine/launch/copy.ts";
 import { launchGatherRows, scatterAddRows } from "../engine/launch/gather.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { randInt, randn } from "../tests/util.ts";
+import { bestTimeGpu, isSoftwareAdapter, runAlone } from "./util.ts";
 
-/**
- * Mean ms of `fn` over `iters` recorded calls with one sync at the end, after a warm-up call (pipeline
- * compiles); the best of `rounds` such runs, since a shared CPU (lavapipe) makes single runs noisy.
- */
-async function time(engine: Engine, iters: number, fn: () => unknown, rounds = 3): Promise<number> {
-  const call = () => engine.scope(() => void fn()); // results are temporaries: disposed (to the pool) at once
-  call();
-  await engine.sync();
-  let best = Infinity;
-  for (let r = 0; r < rounds; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < iters; i++) call();
-    await engine.sync();
-    best = Math.min(best, (performance.now() - t0) / iters);
-  }
-  return best;
+/** Packed q|k|v [B, T, 3C] with ragged lengths, an output gradient, and the forward's saved probabilities. */
+function attentionInputs(engine: Engine, B: number, T: number, C: number, H: number) {
+  return engine.scope(() => {
+    const qkv = engine.upload(randn(B * T * 3 * C, T), [B, T, 3 * C]);
+    const lengths = engine.upload(Uint32Array.from({ length: B }, (_, b) => T - (b * 13) % T), [B], "u32");
+    const dOut = engine.upload(randn(B * T * C, T + 1), [B, T, C]);
+    const probs = launchAttention(qkv, lengths, H, { saveProbs: true }).probs!;
+    return { qkv, lengths, dOut, probs };
+  });
 }
 
 export async function run(
@@ -32,8 +26,7 @@ export async function run(
   opts: { json: boolean; quick?: boolean },
 ): Promise<Record<string, unknown>[]> {
   const rows: Record<string, unknown>[] = [];
-  const soft = engine.gpu.info.isFallbackAdapter ||
-    /llvmpipe|lavapipe|swiftshader/i.test(engine.gpu.info.description);
+  const soft = isSoftwareAdapter(engine);
   const C = 768, H = 12, hd = C / H;
   const attnShapes: [number, number][] = opts.quick
     ? [[1, 64]]
@@ -45,17 +38,11 @@ export async function run(
   }
   for (const [B, T] of attnShapes) {
     const iters = soft ? (B * T >= 512 ? 2 : 5) : 20;
-    const tensors = engine.scope(() => {
-      const qkv = engine.upload(randn(B * T * 3 * C, T), [B, T, 3 * C]);
-      const lengths = engine.upload(Uint32Array.from({ length: B }, (_, b) => T - (b * 13) % T), [B], "u32");
-      const dOut = engine.upload(randn(B * T * C, T + 1), [B, T, C]);
-      const probs = launchAttention(qkv, lengths, H, { saveProbs: true }).probs!;
-      return { qkv, lengths, dOut, probs };
-    });
+    const tensors = attentionInputs(engine, B, T, C, H);
     const { qkv, lengths, dOut, probs } = tensors;
-    const fwd = await time(engine, iters, () => launchAttention(qkv, lengths, H));
-    const fwdP = await time(engine, iters, () => launchAttention(qkv, lengths, H, { saveProbs: true }));
-    const bwd = await time(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H));
+    const fwd = await bestTimeGpu(engine, iters, () => launchAttention(qkv, lengths, H));
+    const fwdP = await bestTimeGpu(engine, iters, () => launchAttention(qkv, lengths, H, { saveProbs: true }));
+    const bwd = await bestTimeGpu(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H));
     // useful FLOPs over the causal half (full lengths assumed): QKᵀ and PV forward; four such products back
     const fwdFlops = B * H * 2 * 2 * (T * (T + 1) / 2) * hd;
     const row = {
@@ -107,7 +94,7 @@ export async function run(
   ];
   if (!opts.json) console.log("\nmemory-bound op                                   ms      GB/s");
   for (const [name, bytes, fn] of mem) {
-    const ms = await time(engine, iters, fn);
+    const ms = await bestTimeGpu(engine, iters, fn);
     rows.push({ op: name, ms, gbPerS: bytes / ms / 1e6 });
     if (!opts.json) {
       console.log(
@@ -129,13 +116,7 @@ export async function compare(engine: Engine, shapes: number[][]): Promise<Recor
   console.log("    B      T     C   H   tiled fwd+probs   matmul fwd+probs   tiled bwd   matmul bwd  (ms)");
   for (const [B, T, C, H] of shapes) {
     const iters = B * T >= 1024 ? 2 : 4;
-    const tensors = engine.scope(() => {
-      const qkv = engine.upload(randn(B * T * 3 * C, T), [B, T, 3 * C]);
-      const lengths = engine.upload(Uint32Array.from({ length: B }, (_, b) => T - (b * 13) % T), [B], "u32");
-      const dOut = engine.upload(randn(B * T * C, T + 1), [B, T, C]);
-      const probs = launchAttention(qkv, lengths, H, { saveProbs: true }).probs!;
-      return { qkv, lengths, dOut, probs };
-    });
+    const tensors = attentionInputs(engine, B, T, C, H);
     const { qkv, lengths, dOut, probs } = tensors;
     const tile = T <= 16 ? 16 : T <= 32 ? 32 : 64;
     const r = {
@@ -143,20 +124,20 @@ export async function compare(engine: Engine, shapes: number[][]): Promise<Recor
       T,
       C,
       H,
-      tiledFwdMs: await time(
+      tiledFwdMs: await bestTimeGpu(
         engine,
         iters,
         () => launchAttention(qkv, lengths, H, { saveProbs: true, tile }),
         2,
       ),
-      fwdMs: await time(engine, iters, () => launchAttention(qkv, lengths, H, { saveProbs: true }), 2),
-      tiledBwdMs: await time(
+      fwdMs: await bestTimeGpu(engine, iters, () => launchAttention(qkv, lengths, H, { saveProbs: true }), 2),
+      tiledBwdMs: await bestTimeGpu(
         engine,
         iters,
         () => attentionBackward(qkv, probs, dOut, lengths, H, { tile }),
         2,
       ),
-      bwdMs: await time(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H), 2),
+      bwdMs: await bestTimeGpu(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H), 2),
     };
     rows.push(r);
     console.log(
@@ -175,7 +156,5 @@ if (import.meta.main && Deno.args.includes("--compare")) {
   const given = Deno.args.filter((a) => /^\d+(,\d+){3}$/.test(a)).map((a) => a.split(",").map(Number));
   await compare(await getEngine(), given.length ? given : [[32, 128, 128, 4], [1, 128, 768, 12]]);
 } else if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows, null, 2));
+  await runAlone(run, await getEngine(), 2);
 }

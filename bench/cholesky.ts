@@ -5,32 +5,14 @@
 // GFLOPS count the factor's n³/3 over the factor + solve time (the solves add 2n²·r, negligible).
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { cholesky, choleskySolve, choleskySolveChecked } from "../engine/ops.ts";
-import { rng } from "../tests/util.ts";
+import { keyModel } from "../tests/util.ts";
+import { runAlone } from "./util.ts";
 
-/** Second moment of keys k = μ + z + U w (z AR(1) with ρ, w ~ N(0, I_dirs)) and one fresh key. */
-function keyProblem(n: number, seed: number, dirs = 32, rho = 0.9): { c: Float32Array; k: Float32Array } {
-  const r = rng(seed);
-  const g = () => Math.sqrt(-2 * Math.log(Math.max(r(), 1e-300))) * Math.cos(2 * Math.PI * r());
-  const mu = Float64Array.from({ length: n }, () => 0.3 * Math.abs(g()));
-  const u = Float64Array.from({ length: n * dirs }, () => g() / Math.sqrt(dirs));
-  const c = new Float32Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j <= i; j++) {
-      let v = mu[i] * mu[j] + rho ** (i - j);
-      for (let t = 0; t < dirs; t++) v += u[i * dirs + t] * u[j * dirs + t];
-      c[i * n + j] = c[j * n + i] = v;
-    }
-  }
-  const w = Float64Array.from({ length: dirs }, g);
-  const k = new Float32Array(n);
-  let z = g();
-  for (let i = 0; i < n; i++) {
-    if (i > 0) z = rho * z + Math.sqrt(1 - rho * rho) * g();
-    let v = mu[i] + z;
-    for (let t = 0; t < dirs; t++) v += u[i * dirs + t] * w[t];
-    k[i] = v;
-  }
-  return { c, k };
+/** Second moment of keys (tests' keyModel with 32 directions) in f32, and one fresh key. */
+function keyProblem(n: number, seed: number): { c: Float32Array; k: Float32Array } {
+  const model = keyModel(n, seed, 32);
+  const c = model.exact(new Float32Array(n * n));
+  return { c, k: Float32Array.from(model.sample()) };
 }
 
 /** ‖C x − b‖ / ‖b‖ in float64 from the f32 values. */
@@ -143,8 +125,4 @@ export async function run(
   return rows;
 }
 
-if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows, null, 2));
-}
+if (import.meta.main) await runAlone(run, await getEngine(), 2);

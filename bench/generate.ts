@@ -7,8 +7,8 @@ import { type Engine, getEngine } from "../engine/engine.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
 import { generate, nextTokenLogprobs, topK } from "../engine/gpt2/generate.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
-import { GPT2_SMALL } from "./gpt2.ts";
-import { randomGpt2Model } from "./util.ts";
+import { GPT2_SMALL } from "../tests/fixtures.ts";
+import { randomGpt2Model, runAlone } from "./util.ts";
 
 const BUNDLED = new URL("../models/world-gpt2", import.meta.url).pathname;
 
@@ -105,8 +105,4 @@ export async function run(
   return rows;
 }
 
-if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows, null, 2));
-}
+if (import.meta.main) await runAlone(run, await getEngine(), 2);

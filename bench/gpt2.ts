@@ -5,16 +5,8 @@ import { type Engine, getEngine } from "../engine/engine.ts";
 import { type Gpt2Config, parameterCount } from "../engine/gpt2/config.ts";
 import { buildGpt2 } from "../engine/gpt2/load.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
-
-export const GPT2_SMALL: Gpt2Config = {
-  nLayer: 12,
-  nHead: 12,
-  nEmbd: 768,
-  nInner: 3072,
-  nPositions: 1024,
-  vocabSize: 50257,
-  layerNormEps: 1e-5,
-};
+import { GPT2_SMALL } from "../tests/fixtures.ts";
+import { runAlone } from "./util.ts";
 
 function randomWeights(c: Gpt2Config) {
   const shapes = expectedWeightShapes(c);
@@ -104,8 +96,4 @@ export async function run(
   return rows;
 }
 
-if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows, null, 2));
-}
+if (import.meta.main) await runAlone(run, await getEngine(), 2);

@@ -5,6 +5,7 @@
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { launchMatmul } from "../engine/launch/matmul.ts";
 import { randn } from "../tests/util.ts";
+import { bestTimeGpu, isSoftwareAdapter, runAlone } from "./util.ts";
 
 interface Shape {
   name: string;
@@ -82,27 +83,11 @@ function timeCpu(
   return { gflops: (2 * rows * s.n * s.k) / best / 1e6, rows };
 }
 
-/** Mean ms per call over `iters` recorded calls, one sync at the end; best of `rounds` (shared CPUs). */
-async function timeGpu(engine: Engine, iters: number, fn: () => void, rounds = 3): Promise<number> {
-  const call = () => engine.scope(fn); // results are disposed to the pool at once: no allocation in the loop
-  call(); // warm-up: compiles the pipelines
-  await engine.sync();
-  let best = Infinity;
-  for (let r = 0; r < rounds; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < iters; i++) call();
-    await engine.sync();
-    best = Math.min(best, (performance.now() - t0) / iters);
-  }
-  return best;
-}
-
 export async function run(
   engine: Engine,
   opts: { json: boolean; quick?: boolean },
 ): Promise<Record<string, unknown>[]> {
-  const soft = engine.gpu.info.isFallbackAdapter ||
-    /llvmpipe|lavapipe|swiftshader/i.test(engine.gpu.info.description);
+  const soft = isSoftwareAdapter(engine);
   const rows: Record<string, unknown>[] = [];
   if (!opts.json) {
     console.log(
@@ -118,7 +103,7 @@ export async function run(
     }));
     // about half a second of GPU work per round on lavapipe (~20 GFLOP/s), more calls on a real GPU
     const iters = Math.max(1, Math.min(soft ? 20 : 200, Math.round((soft ? 1e10 : 2e12) / flops)));
-    const ms = await timeGpu(engine, iters, () => void launchMatmul(a, b, { transB: s.transB }));
+    const ms = await bestTimeGpu(engine, iters, () => void launchMatmul(a, b, { transB: s.transB }));
     a.dispose();
     b.dispose();
     const cpu = timeCpu(A, B, s, opts.quick ? 100 : 250);
@@ -138,9 +123,4 @@ export async function run(
   return rows;
 }
 
-if (import.meta.main) {
-  const engine = await getEngine();
-  const json = Deno.args.includes("--json");
-  const rows = await run(engine, { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows, null, 2));
-}
+if (import.meta.main) await runAlone(run, await getEngine(), 2);

@@ -4,7 +4,7 @@
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { geluBackward, launchGelu, launchLayerNorm, logSoftmax, softmax } from "../engine/launch/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { timeGpu } from "./util.ts";
+import { bandwidthRow, printBandwidthTable, runAlone, sineTensor, timeGpu } from "./util.ts";
 
 interface Case {
   op: string;
@@ -13,13 +13,6 @@ interface Case {
   bytes: number;
   make: (e: Engine) => Tensor[];
   call: (ins: Tensor[]) => unknown;
-}
-
-function randomTensor(e: Engine, shape: number[]): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const x = new Float32Array(n);
-  for (let i = 0; i < n; i++) x[i] = Math.sin(i * 12.9898) * 3;
-  return e.upload(x, shape);
 }
 
 export async function run(
@@ -33,35 +26,35 @@ export async function run(
       op: "layerNorm",
       shape: [T, C],
       bytes: 4 * (2 * T * C + 2 * C + 2 * T),
-      make: (e) => [randomTensor(e, [T, C]), randomTensor(e, [C]), randomTensor(e, [C])],
+      make: (e) => [sineTensor(e, [T, C]), sineTensor(e, [C]), sineTensor(e, [C])],
       call: ([x, g, b]) => launchLayerNorm(x, g, b),
     },
     {
       op: "gelu",
       shape: [T, 4 * C],
       bytes: 4 * 2 * T * 4 * C,
-      make: (e) => [randomTensor(e, [T, 4 * C])],
+      make: (e) => [sineTensor(e, [T, 4 * C])],
       call: ([x]) => launchGelu(x),
     },
     {
       op: "geluBackward",
       shape: [T, 4 * C],
       bytes: 4 * 3 * T * 4 * C,
-      make: (e) => [randomTensor(e, [T, 4 * C]), randomTensor(e, [T, 4 * C])],
+      make: (e) => [sineTensor(e, [T, 4 * C]), sineTensor(e, [T, 4 * C])],
       call: ([x, dy]) => geluBackward(x, dy),
     },
     {
       op: "softmax",
       shape: [B, V],
       bytes: 4 * 2 * B * V,
-      make: (e) => [randomTensor(e, [B, V])],
+      make: (e) => [sineTensor(e, [B, V])],
       call: ([x]) => softmax(x),
     },
     {
       op: "logSoftmax",
       shape: [B, V],
       bytes: 4 * 2 * B * V,
-      make: (e) => [randomTensor(e, [B, V])],
+      make: (e) => [sineTensor(e, [B, V])],
       call: ([x]) => logSoftmax(x),
     },
     {
@@ -69,7 +62,7 @@ export async function run(
       op: "softmax",
       shape: [12 * T, T],
       bytes: 4 * 2 * 12 * T * T,
-      make: (e) => [randomTensor(e, [12 * T, T])],
+      make: (e) => [sineTensor(e, [12 * T, T])],
       call: ([x]) => softmax(x),
     },
   ];
@@ -78,31 +71,10 @@ export async function run(
     const ins = c.make(engine);
     const ms = await timeGpu(engine, iters, () => c.call(ins));
     ins.forEach((t) => t.dispose());
-    rows.push({
-      family: "nn",
-      op: c.op,
-      shape: `[${c.shape.join(", ")}]`,
-      ms: +ms.toFixed(3),
-      gbps: +(c.bytes / (ms * 1e6)).toFixed(2),
-      iters,
-    });
+    rows.push(bandwidthRow("nn", c.op, c.shape, ms, c.bytes, iters));
   }
-  if (!opts.json) {
-    console.log(`nn on ${engine.gpu.info.description}`);
-    console.log("op            shape              ms/call      GB/s");
-    for (const r of rows) {
-      console.log(
-        `${String(r.op).padEnd(13)} ${String(r.shape).padEnd(18)} ${String(r.ms).padStart(8)} ${
-          String(r.gbps).padStart(9)
-        }`,
-      );
-    }
-  }
+  if (!opts.json) printBandwidthTable(`nn on ${engine.gpu.info.description}`, 13, rows);
   return rows;
 }
 
-if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows));
-}
+if (import.meta.main) await runAlone(run, await getEngine());

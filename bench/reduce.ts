@@ -4,14 +4,7 @@
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { argmax, max, sum } from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { timeGpu } from "./util.ts";
-
-function randomTensor(e: Engine, shape: number[]): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const x = new Float32Array(n);
-  for (let i = 0; i < n; i++) x[i] = Math.sin(i * 12.9898) * 3;
-  return e.upload(x, shape);
-}
+import { bandwidthRow, printBandwidthTable, runAlone, sineTensor, timeGpu } from "./util.ts";
 
 export async function run(
   engine: Engine,
@@ -29,34 +22,13 @@ export async function run(
   ];
   const rows: Record<string, unknown>[] = [];
   for (const c of cases) {
-    const x = randomTensor(engine, c.shape);
+    const x = sineTensor(engine, c.shape);
     const ms = await timeGpu(engine, iters, () => c.call(x));
     x.dispose();
-    rows.push({
-      family: "reduce",
-      op: c.op,
-      shape: `[${c.shape.join(", ")}]`,
-      ms: +ms.toFixed(3),
-      gbps: +(x.size * 4 / (ms * 1e6)).toFixed(2),
-      iters,
-    });
+    rows.push(bandwidthRow("reduce", c.op, c.shape, ms, x.size * 4, iters));
   }
-  if (!opts.json) {
-    console.log(`reduce on ${engine.gpu.info.description}`);
-    console.log("op        shape              ms/call      GB/s");
-    for (const r of rows) {
-      console.log(
-        `${String(r.op).padEnd(9)} ${String(r.shape).padEnd(18)} ${String(r.ms).padStart(8)} ${
-          String(r.gbps).padStart(9)
-        }`,
-      );
-    }
-  }
+  if (!opts.json) printBandwidthTable(`reduce on ${engine.gpu.info.description}`, 9, rows);
   return rows;
 }
 
-if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows));
-}
+if (import.meta.main) await runAlone(run, await getEngine());

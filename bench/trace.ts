@@ -7,25 +7,32 @@ import { type Engine, getEngine } from "../engine/engine.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { BasePass, TRACE_KINDS, traceCells, type TraceKind, traceKind } from "../tracing/trace.ts";
-import { GPT2_SMALL } from "./gpt2.ts";
-import { randomGpt2Model } from "./util.ts";
+import { GPT2_SMALL } from "../tests/fixtures.ts";
+import { randomGpt2Model, runAlone } from "./util.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
 
 const T = 10, SAMPLES = 10;
 const IDS = (vocab: number) => Array.from({ length: T }, (_, t) => (t * 7919 + 13) % vocab);
 const SUBJECT: [number, number] = [1, 4];
 
+interface KindTiming {
+  seconds: number;
+  rows: number;
+  forwards: number;
+  cells: number;
+}
+
 async function timeKinds(
   model: Gpt2Model,
   kinds: readonly TraceKind[],
   strategy: "batched" | "naive",
-): Promise<Map<TraceKind, { seconds: number; rows: number; forwards: number; cells: number }>> {
+): Promise<Map<TraceKind, KindTiming>> {
   const base = await BasePass.run(model, { ids: IDS(model.config.vocabSize), subjectRange: SUBJECT }, {
     samples: SAMPLES,
     noise: 0.1,
     seed: 1,
   });
-  const out = new Map<TraceKind, { seconds: number; rows: number; forwards: number; cells: number }>();
+  const out = new Map<TraceKind, KindTiming>();
   try {
     for (const kind of kinds) {
       const r = await traceKind(base, kind, { strategy });
@@ -40,6 +47,22 @@ async function timeKinds(
     base.dispose();
   }
   return out;
+}
+
+/** The JSON row of one kind's timing. */
+function kindRow(name: string, kind: TraceKind, layers: number, r: KindTiming) {
+  return {
+    name,
+    kind,
+    layers,
+    T,
+    samples: SAMPLES,
+    cells: r.cells,
+    rows: r.rows,
+    forwards: r.forwards,
+    seconds: r.seconds,
+    rows_per_s: r.rows / r.seconds,
+  };
 }
 
 /** One base pass and two cells (a block output, an MLP window) through the batched path. */
@@ -80,16 +103,7 @@ export async function run(
   say("kind      cells   rows   forwards   seconds   rows/s   peak GPU MiB");
   for (const [kind, r] of await timeKinds(model, bigKinds, "batched")) {
     const row = {
-      name: `trace_gpt2_small${opts.quick ? "_4layers" : ""}_${kind}`,
-      kind,
-      layers: big.nLayer,
-      T,
-      samples: SAMPLES,
-      cells: r.cells,
-      rows: r.rows,
-      forwards: r.forwards,
-      seconds: r.seconds,
-      rows_per_s: r.rows / r.seconds,
+      ...kindRow(`trace_gpt2_small${opts.quick ? "_4layers" : ""}_${kind}`, kind, big.nLayer, r),
       peak_gpu_mib: engine.stats.peakBytes / 2 ** 20,
     };
     rows.push(row);
@@ -112,18 +126,7 @@ export async function run(
     await warmUp(bm);
     say(`bundled model (${bm.config.nLayer} layers, d ${bm.config.nEmbd}): T ${T}, ${SAMPLES} samples`);
     for (const [kind, r] of await timeKinds(bm, [...TRACE_KINDS], "batched")) {
-      const row = {
-        name: `trace_bundled_${kind}`,
-        kind,
-        layers: bm.config.nLayer,
-        T,
-        samples: SAMPLES,
-        cells: r.cells,
-        rows: r.rows,
-        forwards: r.forwards,
-        seconds: r.seconds,
-        rows_per_s: r.rows / r.seconds,
-      };
+      const row = kindRow(`trace_bundled_${kind}`, kind, bm.config.nLayer, r);
       rows.push(row);
       say(
         `${kind.padEnd(7)} ${String(r.rows).padStart(6)} rows ${r.seconds.toFixed(2).padStart(7)} s ${
@@ -171,8 +174,4 @@ export async function run(
   return rows;
 }
 
-if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const rows = await run(await getEngine(), { json, quick: Deno.args.includes("--quick") });
-  if (json) console.log(JSON.stringify(rows, null, 2));
-}
+if (import.meta.main) await runAlone(run, await getEngine(), 2);

@@ -2,7 +2,7 @@
 // it, run the tests ("post"), revert the edit bit for bit, run the tests on the unedited model ("pre"),
 // and store the case. Every edit starts from the clean model. Sequential mode applies N edits one after
 // another, tests all N on the model carrying them, then reverts them in reverse order. Runtime-neutral:
-// where results live (files, a cache) is the caller's CaseStore.
+// where results live (files, a cache) is the caller's EvalCaseStore.
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import { matrixHash, readMatrix } from "../rome/patch.ts";
@@ -14,7 +14,7 @@ import { type AppliedEdit, type EditMethod, revertEdit } from "./methods.ts";
 import { InputError } from "../engine/errors.ts";
 
 /** Where case results are kept (case_<id>.json files for the CLI). */
-export interface CaseStore {
+export interface EvalCaseStore {
   get(caseId: number): Promise<CaseResult | undefined>;
   put(result: CaseResult): Promise<void>;
 }
@@ -40,7 +40,7 @@ export interface EvalRunOptions {
   /** CounterFact generation tests (absent: skipped). */
   generation?: GenerationTests;
   shard?: { index: number; count: number };
-  store: CaseStore;
+  store: EvalCaseStore;
   preStore?: PreStore;
   /** After each case, computed or found: cases done (of `total`), and whether it was computed now. */
   onCase?: (done: number, total: number, computed: boolean, result: CaseResult) => void;

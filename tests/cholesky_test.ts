@@ -12,7 +12,7 @@ import {
   NotPositiveDefiniteError,
   triangularSolve,
 } from "../engine/launch/linalg.ts";
-import { AWKWARD, randn, rng, testEngine } from "./util.ts";
+import { AWKWARD, gaussian, keyModel, randn, testEngine } from "./util.ts";
 
 const engine = await testEngine();
 const VERBOSE = Deno.env.get("CHOLESKY_VERBOSE") === "1";
@@ -68,45 +68,6 @@ function upperNonZeros(l: ArrayLike<number>, n: number): number {
 }
 
 // ---------------------------------------------------------------- test matrices
-
-function gaussian(seed: number): () => number {
-  const r = rng(seed);
-  return () => Math.sqrt(-2 * Math.log(Math.max(r(), 1e-300))) * Math.cos(2 * Math.PI * r());
-}
-
-/**
- * Keys like ROME's MLP keys: a positive mean, an AR(1)-correlated part (ρ = 0.9) and a few shared random
- * directions. `exact` is their true second moment E[kkᵀ]; `sample()` draws one key.
- */
-function keyModel(n: number, seed: number, dirs = 8, rho = 0.9) {
-  const g = gaussian(seed);
-  const mu = Float64Array.from({ length: n }, () => 0.3 * Math.abs(g()));
-  const u = Float64Array.from({ length: n * dirs }, () => g() / Math.sqrt(dirs));
-  const sample = (): Float64Array => {
-    const k = new Float64Array(n);
-    const w = Float64Array.from({ length: dirs }, g);
-    let z = g();
-    for (let i = 0; i < n; i++) {
-      if (i > 0) z = rho * z + Math.sqrt(1 - rho * rho) * g();
-      let v = mu[i] + z;
-      for (let t = 0; t < dirs; t++) v += u[i * dirs + t] * w[t];
-      k[i] = v;
-    }
-    return k;
-  };
-  const exact = (): Float64Array => {
-    const c = new Float64Array(n * n);
-    for (let i = 0; i < n; i++) {
-      for (let j = 0; j <= i; j++) {
-        let v = mu[i] * mu[j] + rho ** (i - j);
-        for (let t = 0; t < dirs; t++) v += u[i * dirs + t] * u[j * dirs + t];
-        c[i * n + j] = c[j * n + i] = v;
-      }
-    }
-    return c;
-  };
-  return { sample, exact };
-}
 
 /** Sample second moment (1/N) Σ k kᵀ of N keys from keyModel: ROME's C as it is actually estimated. */
 function sampleSecondMoment(n: number, samples: number, seed: number): Float64Array {

@@ -4,18 +4,7 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { TINY_CONFIG, writeTinyModel } from "./fixtures.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-async function cli(args: string[], env: Record<string, string>) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
+import { runCli } from "./util.ts";
 
 function record(id: number, subject: string, tnew: string, ttrue: string) {
   return {
@@ -85,7 +74,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
   const { dir, data, model, env, base } = await setup();
   try {
     const a = join(dir, "a");
-    const r1 = await cli([...base, "--limit", "2", "--out", a, "--json"], env);
+    const r1 = await runCli([...base, "--limit", "2", "--out", a, "--json"], env);
     equal(r1.code, 0, r1.err);
     const j = JSON.parse(r1.out);
     deepEqual(Object.keys(j).slice(0, 4), ["method", "n", "summary", "pre"]);
@@ -114,7 +103,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
 
     // resumed: nothing recomputed, files untouched
     const mtime = (await Deno.stat(join(a, "case_3.json"))).mtime!.getTime();
-    const r2 = await cli([...base, "--limit", "2", "--out", a, "--json"], env);
+    const r2 = await runCli([...base, "--limit", "2", "--out", a, "--json"], env);
     equal(r2.code, 0, r2.err);
     const j2 = JSON.parse(r2.out);
     equal(j2.computed, 0);
@@ -124,14 +113,14 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
 
     // two shards in two folders, merged: the same table as the unsharded run
     for (const s of ["0/2", "1/2"]) {
-      const r = await cli(
+      const r = await runCli(
         [...base, "--limit", "2", "--shard", s, "--out", join(dir, `s${s[0]}`), "--json"],
         env,
       );
       equal(r.code, 0, r.err);
       equal(JSON.parse(r.out).n, 1);
     }
-    const m = await cli([
+    const m = await runCli([
       "eval",
       "--merge",
       join(dir, "s0"),
@@ -147,7 +136,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
     deepEqual(jm.pre, j.pre);
     ok((await Deno.stat(join(dir, "merged", "report.html"))).isFile);
     // merging two methods gives one row each
-    const none = await cli([
+    const none = await runCli([
       "eval",
       "--model",
       model,
@@ -163,7 +152,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
       join(dir, "none"),
     ], env);
     equal(none.code, 0, none.err);
-    const both = await cli(["eval", "--merge", a, join(dir, "none")], env);
+    const both = await runCli(["eval", "--merge", a, join(dir, "none")], env);
     equal(both.code, 0, both.err);
     match(both.out, /unedited model \(pre\)/);
     match(both.out, /\nFT /);
@@ -181,7 +170,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
         loc_ans: "the cat",
       }]),
     );
-    const z = await cli([
+    const z = await runCli([
       "eval",
       "--model",
       model,
@@ -219,7 +208,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
       [["eval", "stray"], /unexpected argument 'stray'/],
     ];
     for (const [args, want] of refusals) {
-      const r = await cli(args, env);
+      const r = await runCli(args, env);
       equal(r.code, 2, `${args.join(" ")}: ${r.err}`);
       const lines = r.err.trim().split("\n").filter((l) => l.startsWith("error:"));
       equal(lines.length, 1, r.err);

@@ -13,7 +13,7 @@ import { defaultHparams } from "../rome/hparams.ts";
 import { normalizeRequest } from "../rome/request.ts";
 import { type CounterFactRecord, parseDataset } from "../eval/datasets.ts";
 import { clampToBand, executeFineTune, type FtHparams, parseFtHparams } from "../eval/finetune.ts";
-import { caseSeed, type CaseStore, editGroups, runEvaluation } from "../eval/harness.ts";
+import { caseSeed, editGroups, type EvalCaseStore, runEvaluation } from "../eval/harness.ts";
 import { counterFactMetrics, zsreMetrics } from "../eval/measure.ts";
 import { type CaseResult, type CounterFactMetrics, type RunIdentity, summarize } from "../eval/metrics.ts";
 import { fineTuneMethod, romeMethod } from "../eval/methods.ts";
@@ -285,7 +285,7 @@ const RECORDS = [
   cfRecord(9, "a mat", "he", "in"),
 ];
 
-function memoryStore(): CaseStore & { map: Map<number, CaseResult> } {
+function memoryStore(): EvalCaseStore & { map: Map<number, CaseResult> } {
   const map = new Map<number, CaseResult>();
   return {
     map,

@@ -46,6 +46,17 @@ export const TINY_CONFIG: Gpt2Config = {
   layerNormEps: 1e-5,
 };
 
+/** GPT-2 small's shapes (124M parameters), for tests and benchmarks at full size with random weights. */
+export const GPT2_SMALL: Gpt2Config = {
+  nLayer: 12,
+  nHead: 12,
+  nEmbd: 768,
+  nInner: 3072,
+  nPositions: 1024,
+  vocabSize: 50257,
+  layerNormEps: 1e-5,
+};
+
 export interface TinyFolderOptions {
   config?: Gpt2Config;
   seed?: number;

@@ -6,7 +6,7 @@ import { type Hook, type Pos } from "../engine/gpt2/hooks.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { logSoftmaxRow } from "../engine/gpt2/generate.ts";
 import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
-import { TINY_CONFIG, writeTinyModel } from "./fixtures.ts";
+import { GPT2_SMALL, TINY_CONFIG, writeTinyModel } from "./fixtures.ts";
 import { assertClose, randn, testEngine } from "./util.ts";
 
 const engine = await testEngine();
@@ -197,15 +197,7 @@ Deno.test("loader: clear errors for missing tensors, wrong shapes, pickle-only f
 });
 
 Deno.test("GPT-2 small shapes (124M, random weights): last-position log-probs match float64 to 1e-3", async () => {
-  const c: Gpt2Config = {
-    nLayer: 12,
-    nHead: 12,
-    nEmbd: 768,
-    nInner: 3072,
-    nPositions: 1024,
-    vocabSize: 50257,
-    layerNormEps: 1e-5,
-  };
+  const c = GPT2_SMALL;
   const { W, model } = tinyModel(c, 124);
   const prompt = Array.from({ length: 16 }, (_, i) => (i * 7919 + 13) % c.vocabSize);
   const t0 = performance.now();

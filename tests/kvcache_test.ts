@@ -11,7 +11,8 @@ import {
 import { buildGpt2 } from "../engine/gpt2/load.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { decodeStep, newKvCache } from "../engine/gpt2/decode.ts";
-import { generate, nextTokenLogprobs, seededRandom, topK } from "../engine/gpt2/generate.ts";
+import { generate, nextTokenLogprobs, topK } from "../engine/gpt2/generate.ts";
+import { mulberry32 } from "../engine/random.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
 import { TINY_CONFIG } from "./fixtures.ts";
@@ -151,7 +152,7 @@ Deno.test("generate: the cached path gives the tokens of re-running the whole pr
   const prompts = [[5, 104, 263], [17, 1, 2, 3, 4, 5, 6], [9]];
   // the reference: every step runs the full prefix through the graph (no cache) and samples the same way
   async function fullPrefix(topk: number, seed: number, maxTokens: number): Promise<number[][]> {
-    const rand = seededRandom(seed);
+    const rand = mulberry32(seed);
     const rows = prompts.map((p) => [...p]), out: number[][] = prompts.map(() => []);
     for (let step = 0; step < maxTokens; step++) {
       const live = rows.map((_, i) => i).filter((i) => rows[i].length < c.nPositions);

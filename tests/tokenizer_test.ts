@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { decode as oracleDecode, encode as oracleEncodeRaw } from "gpt-tokenizer/encoding/r50k_base";
 import { findSubjectRange, Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
+import { mulberry32 } from "../engine/random.ts";
 
 // gpt-tokenizer by default throws on "<|endoftext|>" in the input; with nothing disallowed
 // (and nothing allowed) it encodes it as plain text, which is our documented behaviour.
@@ -30,15 +31,6 @@ const { vocab, merges } = await loadGpt2Files();
 const tok = Gpt2Tokenizer.fromVocabMerges(vocab, merges);
 
 // ---------------------------------------------------------------- test strings
-
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const PIECES: Record<string, string[]> = {
   words: [

@@ -31,7 +31,7 @@ import {
   type TracedCase,
 } from "../tracing/aggregate.ts";
 import { FactsFormatError, parseKnownFacts } from "../tracing/facts.ts";
-import { type CaseRecord, type CaseStore, summarizeFacts, traceFacts } from "../tracing/dataset.ts";
+import { type CaseRecord, summarizeFacts, type TraceCaseStore, traceFacts } from "../tracing/dataset.ts";
 import { Colormap, LUT_SIZE, parseHex } from "../tracing/colormap.ts";
 import { encodePng, PNG_SIGNATURE, zlibInflate } from "../tracing/png.ts";
 import { ansiHeatmap, heatmapSvg } from "../tracing/render.ts";
@@ -419,7 +419,7 @@ Deno.test("facts file: malformed records give one-line errors naming the record"
   }
 });
 
-function memoryStore(): CaseStore & { map: Map<string, CaseRecord>; saves: number } {
+function memoryStore(): TraceCaseStore & { map: Map<string, CaseRecord>; saves: number } {
   const map = new Map<string, CaseRecord>();
   const store = {
     map,

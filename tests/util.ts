@@ -1,6 +1,7 @@
 // Shared test helpers: a seeded RNG, float64 comparison with stated tolerances, the shared engine.
 import { Engine, getEngine, releaseEngine } from "../engine/engine.ts";
 import { quietMesa } from "../engine/host.ts";
+import { mulberry32 } from "../engine/random.ts";
 
 // Mesa complains on stderr without XDG_RUNTIME_DIR (`deno test FILE` does not go through tests/run.ts).
 quietMesa();
@@ -15,17 +16,23 @@ export function testEngine(): Promise<Engine> {
 // `deno task test` runs the tests on the main thread; see tests/run.ts.)
 globalThis.addEventListener("unload", releaseEngine);
 
-/** mulberry32: small, fast, seeded; tests must be reproducible. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+/** Runs cli.ts with `args` (colour off, `env` added); its exit code and output. */
+export async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string; err: string }> {
+  const cli = new URL("../cli.ts", import.meta.url).pathname;
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
 }
+
+/** The tests' seeded generator (mulberry32): tests must be reproducible. */
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** Standard normal samples (Box-Muller) as float32 values. */
 export function randn(n: number, seed: number, scale = 1): Float32Array {
@@ -36,6 +43,48 @@ export function randn(n: number, seed: number, scale = 1): Float32Array {
     out[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
   return out;
+}
+
+/** Standard normal draws (Box-Muller, one output of each pair) from the tests' generator. */
+export function gaussian(seed: number): () => number {
+  const r = rng(seed);
+  return () => Math.sqrt(-2 * Math.log(Math.max(r(), 1e-300))) * Math.cos(2 * Math.PI * r());
+}
+
+/**
+ * Keys like ROME's MLP keys: a positive mean, an AR(1)-correlated part (ρ = 0.9) and a few shared random
+ * directions. `exact` is their true second moment E[kkᵀ] (into `c` if given: a Float32Array rounds each
+ * entry once); `sample()` draws one key. The Cholesky tests and bench solve with them.
+ */
+export function keyModel(n: number, seed: number, dirs = 8, rho = 0.9) {
+  const g = gaussian(seed);
+  const mu = Float64Array.from({ length: n }, () => 0.3 * Math.abs(g()));
+  const u = Float64Array.from({ length: n * dirs }, () => g() / Math.sqrt(dirs));
+  const sample = (): Float64Array => {
+    const k = new Float64Array(n);
+    const w = Float64Array.from({ length: dirs }, g);
+    let z = g();
+    for (let i = 0; i < n; i++) {
+      if (i > 0) z = rho * z + Math.sqrt(1 - rho * rho) * g();
+      let v = mu[i] + z;
+      for (let t = 0; t < dirs; t++) v += u[i * dirs + t] * w[t];
+      k[i] = v;
+    }
+    return k;
+  };
+  const exact = <A extends Float64Array | Float32Array = Float64Array>(
+    c: A = new Float64Array(n * n) as A,
+  ): A => {
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j <= i; j++) {
+        let v = mu[i] * mu[j] + rho ** (i - j);
+        for (let t = 0; t < dirs; t++) v += u[i * dirs + t] * u[j * dirs + t];
+        c[i * n + j] = c[j * n + i] = v;
+      }
+    }
+    return c;
+  };
+  return { sample, exact };
 }
 
 export function randInt(n: number, max: number, seed: number): Uint32Array {

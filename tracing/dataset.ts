@@ -38,7 +38,7 @@ export interface CaseRecord {
   scores?: number[][];
 }
 
-export interface CaseStore {
+export interface TraceCaseStore {
   load(knownId: number, kind: TraceKind): Promise<unknown | undefined>;
   save(record: CaseRecord): Promise<void>;
 }
@@ -50,7 +50,7 @@ export interface FactsTraceOptions {
   seed: number;
   window: number;
   kinds: readonly TraceKind[];
-  store?: CaseStore;
+  store?: TraceCaseStore;
   maxRows?: number;
   /** After each fact: how it went. */
   onFact?: (done: number, total: number, fact: KnownFact, status: "cached" | "traced" | "skipped") => void;

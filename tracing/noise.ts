@@ -3,7 +3,7 @@
 // of subjects. Runtime-neutral: no Deno APIs.
 import type { Tensor } from "../engine/tensor.ts";
 import { gatherRows } from "../engine/ops.ts";
-import { seededRandom } from "../engine/gpt2/generate.ts";
+import { mulberry32 } from "../engine/random.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 
@@ -87,7 +87,7 @@ export async function noiseScale(spec: NoiseSpec, std: () => Promise<number>): P
  * the property that matters: the same seed gives the same samples, reused for every restored cell.
  */
 export function standardNormal(n: number, seed: number): Float64Array {
-  const rand = seededRandom(seed);
+  const rand = mulberry32(seed);
   const out = new Float64Array(n);
   for (let i = 0; i < n; i += 2) {
     const u = Math.max(rand(), 2 ** -32), v = rand();

@@ -3,18 +3,7 @@
 // generation decodes incrementally over a KV cache (decode.ts).
 import { decodeStep, newKvCache } from "./decode.ts";
 import type { Gpt2Model } from "./model.ts";
-
-/** A seeded PRNG (mulberry32): generations are reproducible from their seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from "../random.ts";
 
 /** log-softmax of one logits row, in float64 on the host. */
 export function logSoftmaxRow(logits: ArrayLike<number>): Float64Array {
@@ -87,7 +76,7 @@ export async function generate(
       );
     }
   });
-  const rand = seededRandom(opts.seed);
+  const rand = mulberry32(opts.seed);
   const out: number[][] = prompts.map(() => []);
   if (prompts.length === 0 || opts.maxTokens <= 0) return out;
   const Tmax = Math.min(ctx, Math.max(...prompts.map((p) => p.length)) + opts.maxTokens);

@@ -4,9 +4,9 @@
 import { Tape } from "../autograd.ts";
 import { crossEntropy, scale, sumAll } from "../ops.ts";
 import { Adam, clipGradNorm } from "../optim.ts";
+import { mulberry32 } from "../random.ts";
 import type { Tensor } from "../tensor.ts";
 import type { Gpt2Config } from "./config.ts";
-import { seededRandom } from "./generate.ts";
 import { expectedWeightShapes, type Gpt2Model } from "./model.ts";
 
 export interface TrainHyper {
@@ -24,7 +24,7 @@ export interface TrainHyper {
 
 /** GPT-2's initialisation: N(0, 0.02) weights, residual projections scaled by 1/√(2·layers), LN 1/0. */
 export function initGpt2Weights(c: Gpt2Config, seed: number): Map<string, Float32Array> {
-  const rand = seededRandom(seed);
+  const rand = mulberry32(seed);
   const normal = () => {
     const u = Math.max(rand(), 1e-12), v = rand();
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
@@ -76,7 +76,7 @@ export function packDocuments(docs: readonly (readonly number[])[], T: number, p
 
 /** A seeded permutation of 0..n-1 for epoch `epoch` (reproducible after a resume). */
 export function epochOrder(n: number, seed: number, epoch: number): number[] {
-  const rand = seededRandom((seed * 1000003 + epoch * 7919) >>> 0);
+  const rand = mulberry32((seed * 1000003 + epoch * 7919) >>> 0);
   const order = Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
