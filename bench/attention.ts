@@ -41,7 +41,11 @@ export async function run(
     const tensors = attentionInputs(engine, B, T, C, H);
     const { qkv, lengths, dOut, probs } = tensors;
     const fwd = await bestTimeGpu(engine, iters, () => launchAttention(qkv, lengths, H));
-    const fwdP = await bestTimeGpu(engine, iters, () => launchAttention(qkv, lengths, H, { saveProbs: true }));
+    const fwdP = await bestTimeGpu(
+      engine,
+      iters,
+      () => launchAttention(qkv, lengths, H, { saveProbs: true }),
+    );
     const bwd = await bestTimeGpu(engine, iters, () => attentionBackward(qkv, probs, dOut, lengths, H));
     // useful FLOPs over the causal half (full lengths assumed): QKᵀ and PV forward; four such products back
     const fwdFlops = B * H * 2 * 2 * (T * (T + 1) / 2) * hd;
