@@ -16,6 +16,7 @@
 // output are written as zeros, and lengths above T count as T.
 // Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslGroupMain } from "./wgsl.ts";
 
 /** Output tile edges of the qk and av kernels: the op takes the smallest that covers T (up to 64). */
 export type AttnTile = 16 | 32 | 64;
@@ -302,12 +303,7 @@ export const softmaxKernel: KernelSpec = {
     { name: "s", access: "read_write", type: "f32" },
   ],
   workgroupSize: [ATTN_ROW_WG, 1, 1],
-  body: ROW_PRELUDE + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= P.rows) { return; }
+  body: ROW_PRELUDE + /* wgsl */ `${wgslGroupMain("r", "P.rows")}
   let i = r % P.T;
   let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
   let lim = select(0u, i + 1u, i < len); // keys 0..lim-1 are visible
@@ -355,12 +351,7 @@ export const softmaxBackwardKernel: KernelSpec = {
     { name: "g", access: "read_write", type: "f32" },
   ],
   workgroupSize: [ATTN_ROW_WG, 1, 1],
-  body: ROW_PRELUDE + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= P.rows) { return; }
+  body: ROW_PRELUDE + /* wgsl */ `${wgslGroupMain("r", "P.rows")}
   let i = r % P.T;
   let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
   let lim = select(0u, i + 1u, i < len);
@@ -415,12 +406,7 @@ var<workgroup> ks: array<f32, ${maxT * FUSED_MAX_HD}>;
 var<workgroup> vs: array<f32, ${maxT * FUSED_MAX_HD}>;
 var<workgroup> ss: array<f32, ${maxT * maxT}>;
 var<workgroup> wlen: u32;
-
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let pr = wid.x + wid.y * nwg.x; // pair inside the chunk
-  if (pr >= P.pairs) { return; }
+${wgslGroupMain("pr", "P.pairs", "li")} // pr: the pair inside the chunk
   let p = P.p0 + pr;
   let b = p / P.H;
   let h = p % P.H;

@@ -22,6 +22,7 @@
 import { flatWorkgroups, type KernelSpec, type StorageBinding, type Workgroups } from "./descriptor.ts";
 import { WGSL_WG_SUM } from "./reduce.ts";
 import { wgslRowMaxSum } from "./softmax.ts";
+import { wgslGroupMain, wgslThreadMain } from "./wgsl.ts";
 
 /** Threads per workgroup of the elementwise gradient kernels. */
 export const LOSS_GRAD_WG = 256;
@@ -61,11 +62,7 @@ export function crossEntropyKernel(wg: number, weighted: boolean): KernelSpec {
     workgroupSize: [wg, 1, 1],
     body: /* wgsl */ `
 ${WGSL_ROW_LOGSUMEXP}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
+${wgslGroupMain("row", "P.rows")}
   let base = P.off + row * P.V;
   let ms = rowMaxSum(lid, base, P.V);
   let logS = log(ms.y);
@@ -102,11 +99,7 @@ export function crossEntropyBackwardKernel(weighted: boolean, upstream: boolean)
       f32Out("dlogits"),
     ],
     workgroupSize: [LOSS_GRAD_WG, 1, 1],
-    body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+    body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let row = i / P.V;
   let c = i - row * P.V;
   let t = targets[P.vOff + row];
@@ -135,11 +128,7 @@ export function klDivergenceRefModelKernel(wg: number): KernelSpec {
     body: /* wgsl */ `
 ${WGSL_ROW_LOGSUMEXP}
 ${WGSL_WG_SUM}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
+${wgslGroupMain("row", "P.rows")}
   let base = P.off + row * P.V;
   let ms = rowMaxSum(lid, base, P.V);
   let logS = log(ms.y);
@@ -178,11 +167,7 @@ export function klDivergenceRefModelBackwardKernel(upstream: boolean): KernelSpe
       f32Out("dlogits"),
     ],
     workgroupSize: [LOSS_GRAD_WG, 1, 1],
-    body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+    body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let row = i / P.V;
   let s = P.sOff + 3u * row;
   let p = exp((logits[P.off + i] - saved[s]) - saved[s + 1u]);
