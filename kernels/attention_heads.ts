@@ -4,6 +4,13 @@
 // None uses a workgroup barrier (llvmpipe runs a workgroup as fibers switched at every barrier): the
 // row kernels give each score row to one invocation, which loops over its ≤ T columns.
 // Plain ES module: no Deno API.
+import {
+  SOFTMAX_BACKWARD_BINDINGS,
+  SOFTMAX_BACKWARD_UNIFORMS,
+  SOFTMAX_BINDINGS,
+  SOFTMAX_UNIFORMS,
+  WGSL_SCORE_ROW,
+} from "./attention.ts";
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
 
 /** Invocations per workgroup of the element-wise and row kernels below. */
@@ -100,18 +107,11 @@ export function mergeHeadsKernel(transposed: boolean): KernelSpec {
  */
 export const rowSoftmaxKernel: KernelSpec = {
   key: "attention_row_softmax_f32_causal",
-  uniforms: [["T", "u32"], ["H", "u32"], ["p0", "u32"], ["rows", "u32"], ["sOff", "u32"]],
-  bindings: [
-    { name: "lengths", access: "read", type: "u32" },
-    { name: "s", access: "read_write", type: "f32" },
-  ],
+  uniforms: SOFTMAX_UNIFORMS,
+  bindings: SOFTMAX_BINDINGS,
   workgroupSize: [ATTN_FLAT_WG, 1, 1],
   body: FLAT_INDEX + /* wgsl */ `
-  let r = idx;
-  if (r >= P.rows) { return; }
-  let i = r % P.T;
-  let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
-  let lim = select(0u, i + 1u, i < len);
+  let r = idx;${WGSL_SCORE_ROW}
   let base = P.sOff + r * P.T;
   var m = -3.4028234e38;
   var l = 0.0;
@@ -133,27 +133,11 @@ export const rowSoftmaxKernel: KernelSpec = {
  */
 export const rowSoftmaxBackwardKernel: KernelSpec = {
   key: "attention_row_softmax_backward_f32_causal",
-  uniforms: [
-    ["T", "u32"],
-    ["H", "u32"],
-    ["p0", "u32"],
-    ["rows", "u32"],
-    ["pOff", "u32"],
-    ["gOff", "u32"],
-    ["scale", "f32"],
-  ],
-  bindings: [
-    { name: "lengths", access: "read", type: "u32" },
-    { name: "probs", access: "read", type: "f32" },
-    { name: "g", access: "read_write", type: "f32" },
-  ],
+  uniforms: SOFTMAX_BACKWARD_UNIFORMS,
+  bindings: SOFTMAX_BACKWARD_BINDINGS,
   workgroupSize: [ATTN_FLAT_WG, 1, 1],
   body: FLAT_INDEX + /* wgsl */ `
-  let r = idx;
-  if (r >= P.rows) { return; }
-  let i = r % P.T;
-  let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
-  let lim = select(0u, i + 1u, i < len);
+  let r = idx;${WGSL_SCORE_ROW}
   let pBase = P.pOff + r * P.T;
   let gBase = P.gOff + r * P.T;
   var dot = 0.0;
