@@ -22,6 +22,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) li: u32) {
   let idx = (wid.x + wid.y * nwg.x) * WG_X + li;`;
 
+// the row kernels: score row r of the chunk, its query i, len and lim (attention.ts)
+const SCORE_ROW_INDEX = FLAT_INDEX + /* wgsl */ `
+  let r = idx;` + WGSL_SCORE_ROW;
+
 const HEAD_UNIFORMS: [string, "u32"][] = [
   ["T", "u32"],
   ["H", "u32"],
@@ -110,8 +114,7 @@ export const rowSoftmaxKernel: KernelSpec = {
   uniforms: SOFTMAX_UNIFORMS,
   bindings: SOFTMAX_BINDINGS,
   workgroupSize: [ATTN_FLAT_WG, 1, 1],
-  body: FLAT_INDEX + /* wgsl */ `
-  let r = idx;${WGSL_SCORE_ROW}
+  body: SCORE_ROW_INDEX + /* wgsl */ `
   let base = P.sOff + r * P.T;
   var m = -3.4028234e38;
   var l = 0.0;
@@ -136,8 +139,7 @@ export const rowSoftmaxBackwardKernel: KernelSpec = {
   uniforms: SOFTMAX_BACKWARD_UNIFORMS,
   bindings: SOFTMAX_BACKWARD_BINDINGS,
   workgroupSize: [ATTN_FLAT_WG, 1, 1],
-  body: FLAT_INDEX + /* wgsl */ `
-  let r = idx;${WGSL_SCORE_ROW}
+  body: SCORE_ROW_INDEX + /* wgsl */ `
   let pBase = P.pOff + r * P.T;
   let gBase = P.gOff + r * P.T;
   var dot = 0.0;
