@@ -12,15 +12,13 @@ import {
   WGSL_SCORE_ROW,
 } from "./attention.ts";
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslGroupThreadMain } from "./wgsl.ts";
 
 /** Invocations per workgroup of the element-wise and row kernels below. */
 export const ATTN_FLAT_WG = 64;
 
-const FLAT_INDEX = /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let idx = (wid.x + wid.y * nwg.x) * WG_X + li;`;
+// one invocation per element or row: idx
+const FLAT_INDEX = wgslGroupThreadMain("idx", undefined, "li");
 
 // the row kernels: score row r of the chunk, its query i, len and lim (attention.ts)
 const SCORE_ROW_INDEX = FLAT_INDEX + /* wgsl */ `

@@ -26,3 +26,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) ${local}: u32) {
   let ${group} = wid.x + wid.y * nwg.x;${count ? `\n  if (${group} >= ${count}) { return; }` : ""}`;
 }
+
+/**
+ * One thread per item, counted through the workgroups: `let <index> = (wid.x + wid.y * nwg.x) * WG_X +
+ * <local>;` over a dispatch of `flatWorkgroups(ceil(n / WG_X))`, then, when `count` is given,
+ * `if (<index> >= <count>) { return; }`.
+ */
+export function wgslGroupThreadMain(index: string, count?: string, local = "lid"): string {
+  return /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) ${local}: u32) {
+  let ${index} = (wid.x + wid.y * nwg.x) * WG_X + ${local};${
+    count ? `\n  if (${index} >= ${count}) { return; }` : ""
+  }`;
+}
