@@ -37,6 +37,16 @@ const WGSL_ROW_LOGSUMEXP = wgslRowMaxSum("logits");
 const f32In = (name: string): StorageBinding => ({ name, access: "read", type: "f32" });
 const f32Out = (name: string): StorageBinding => ({ name, access: "read_write", type: "f32" });
 
+/** Last bindings of both gradient kernels: the upstream gradient g per row (when given), saved, dlogits. */
+const gradOutputs = (upstream: boolean): StorageBinding[] => [
+  ...(upstream ? [f32In("g")] : []),
+  f32In("saved"),
+  f32Out("dlogits"),
+];
+/** Entry of both gradient kernels: one thread per logit `i`, in row `row`. */
+const WGSL_GRAD_MAIN = wgslThreadMain("i", "P.n") + /* wgsl */ `
+  let row = i / P.V;`;
+
 /**
  * Cross-entropy forward over a row chunk: logits is a range of [rows, V] at `off`; targets, weights and
  * loss are ranges of [rows] vectors at `vOff`; saved is a range of [rows, 2] at `sOff`.
@@ -94,13 +104,10 @@ export function crossEntropyBackwardKernel(weighted: boolean, upstream: boolean)
       f32In("logits"),
       { name: "targets", access: "read", type: "u32" },
       ...(weighted ? [f32In("weights")] : []),
-      ...(upstream ? [f32In("g")] : []),
-      f32In("saved"),
-      f32Out("dlogits"),
+      ...gradOutputs(upstream),
     ],
     workgroupSize: [LOSS_GRAD_WG, 1, 1],
-    body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
-  let row = i / P.V;
+    body: /* wgsl */ `${WGSL_GRAD_MAIN}
   let c = i - row * P.V;
   let t = targets[P.vOff + row];
   let w = ${weighted ? "weights[P.vOff + row]" : "1.0"} * ${upstream ? "g[P.vOff + row]" : "1.0"};
@@ -162,13 +169,10 @@ export function klDivergenceRefModelBackwardKernel(upstream: boolean): KernelSpe
     bindings: [
       f32In("logits"),
       f32In("logp0"),
-      ...(upstream ? [f32In("g")] : []),
-      f32In("saved"),
-      f32Out("dlogits"),
+      ...gradOutputs(upstream),
     ],
     workgroupSize: [LOSS_GRAD_WG, 1, 1],
-    body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
-  let row = i / P.V;
+    body: /* wgsl */ `${WGSL_GRAD_MAIN}
   let s = P.sOff + 3u * row;
   let p = exp((logits[P.off + i] - saved[s]) - saved[s + 1u]);
   let d = p * saved[s + 2u] - exp(logp0[P.off + i]);
