@@ -15,7 +15,14 @@
 // position is ever read into a valid result (padded inputs may hold NaN), padded rows of P, dS and every
 // output are written as zeros, and lengths above T count as T.
 // Plain ES module: no Deno API.
-import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import {
+  flatWorkgroups,
+  type KernelSpec,
+  type StorageBinding,
+  type UniformType,
+  type Workgroups,
+} from "./descriptor.ts";
+import { wgslGroupMain } from "./wgsl.ts";
 
 /** Output tile edges of the qk and av kernels: the op takes the smallest that covers T (up to 64). */
 export type AttnTile = 16 | 32 | 64;
@@ -35,6 +42,7 @@ interface TileCode {
   tag: string;
   prelude: string;
   accDecl: string;
+  /** The step of the k loop once a TK slice is loaded: barrier, the register tile's FMAs, barrier. */
   accFma: string;
   /** Unrolled epilogue: `store(row, col, value)` gives the WGSL storing one element (row/col: tile offsets). */
   storeTile(store: (row: string, col: string, v: string) => string): string;
@@ -68,6 +76,7 @@ fn row_len(b: u32, li: u32) -> u32 {
 `,
     accDecl: accs.map(([a, q]) => `var acc${a}_${q} = ${vec}();`).join("\n  "),
     accFma: /* wgsl */ `
+    workgroupBarrier();
     for (var k = 0u; k < TK; k++) {
       ${range(rt).map((a) => `let x${a} = as_[k * TS + lid.y + ${THREADS * a}u];`).join("\n      ")}
       ${
@@ -78,7 +87,8 @@ fn row_len(b: u32, li: u32) -> u32 {
       ).join("\n      ")
     }
       ${accs.map(([a, q]) => `acc${a}_${q} += x${a} * y${q};`).join("\n      ")}
-    }`,
+    }
+    workgroupBarrier();`,
     storeTile: (store) =>
       range(rt).flatMap((a) =>
         range(rt).map((c) =>
@@ -96,6 +106,16 @@ fn row_len(b: u32, li: u32) -> u32 {
 export function attnTile(T: number): AttnTile {
   return ATTN_TILES.find((t) => t >= T) ?? 64;
 }
+
+// Opening of the tiled kernels' main: workgroup (x, y) is an output tile of the pair wid.z of the chunk,
+// p = b·H + h.
+const TILE_MAIN = /* wgsl */ `
+@compute @workgroup_size(WG_X, WG_Y, WG_Z)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let p = P.p0 + wid.z;
+  let b = p / P.H;
+  let h = p % P.H;`;
 
 const GEOMETRY: [string, "u32"][] = [["T", "u32"], ["H", "u32"], ["hd", "u32"], ["p0", "u32"], ["b0", "u32"]];
 
@@ -126,13 +146,7 @@ export function qkKernel(tile: AttnTile): KernelSpec {
       { name: "s", access: "read_write", type: "f32" },
     ],
     workgroupSize: [THREADS, THREADS, 1],
-    body: t.prelude + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let p = P.p0 + wid.z;
-  let b = p / P.H;
-  let h = p % P.H;
+    body: t.prelude + TILE_MAIN + /* wgsl */ `
   let i0 = wid.y * TM;
   let j0 = wid.x * TM;
   if (j0 > i0 + TM - 1u) { return; } // strictly above the causal diagonal
@@ -156,9 +170,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       as_[k * TS + r] = xv;
       bs_[k * TS + r] = yv;
     }
-    workgroupBarrier();
 ${t.accFma}
-    workgroupBarrier();
   }
   let sBase = P.sOff + wid.z * P.T * P.T;
   ${
@@ -196,13 +208,7 @@ export function avKernel(tile: AttnTile, transA: boolean): KernelSpec {
       { name: "o", access: "read_write", type: "f32" },
     ],
     workgroupSize: [THREADS, THREADS, 1],
-    body: t.prelude + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let p = P.p0 + wid.z;
-  let b = p / P.H;
-  let h = p % P.H;
+    body: t.prelude + TILE_MAIN + /* wgsl */ `
   let r0 = wid.y * TM;
   let d0 = wid.x * TM;
   let len = row_len(b, li);
@@ -236,9 +242,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       if (m0 + kc < mEnd && d0 + c < P.hd) { yv = y[yBase + (m0 + kc) * P.yStride + d0 + c]; }
       bs_[kc * TS + c] = yv;
     }
-    workgroupBarrier();
 ${t.accFma}
-    workgroupBarrier();
   }
   ${
       t.storeTile((r, c, v) =>
@@ -289,6 +293,44 @@ fn reduce_online(m: f32, l: f32, lid: u32) -> vec2<f32> {
 }
 `;
 
+// The masked softmax kernels in place over score rows [rows, T], here and in attention_heads.ts (one
+// invocation per row there): the same uniforms and bindings, forward and backward.
+export const SOFTMAX_UNIFORMS: readonly (readonly [string, UniformType])[] = [
+  ["T", "u32"],
+  ["H", "u32"],
+  ["p0", "u32"],
+  ["rows", "u32"],
+  ["sOff", "u32"],
+];
+export const SOFTMAX_BINDINGS: readonly StorageBinding[] = [
+  { name: "lengths", access: "read", type: "u32" },
+  { name: "s", access: "read_write", type: "f32" },
+];
+export const SOFTMAX_BACKWARD_UNIFORMS: readonly (readonly [string, UniformType])[] = [
+  ["T", "u32"],
+  ["H", "u32"],
+  ["p0", "u32"],
+  ["rows", "u32"],
+  ["pOff", "u32"],
+  ["gOff", "u32"],
+  ["scale", "f32"],
+];
+export const SOFTMAX_BACKWARD_BINDINGS: readonly StorageBinding[] = [
+  { name: "lengths", access: "read", type: "u32" },
+  { name: "probs", access: "read", type: "f32" },
+  { name: "g", access: "read_write", type: "f32" },
+];
+
+/**
+ * WGSL, once the score row `r` of the chunk is declared: leaves when r >= P.rows, else declares the
+ * query i = r % T of pair p0 + r / T, its batch row's length `len` and `lim`, the visible keys 0..lim-1.
+ */
+export const WGSL_SCORE_ROW = /* wgsl */ `
+  if (r >= P.rows) { return; }
+  let i = r % P.T;
+  let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
+  let lim = select(0u, i + 1u, i < len); // keys 0..lim-1 are visible`;
+
 /**
  * Masked softmax in place over each score row (one workgroup per row r of the chunk, pair r / T, query
  * i = r % T): P[i, j] = exp(s_j − max) / Σ exp(s − max) over j ≤ i, j < len; zeros elsewhere, and whole
@@ -296,21 +338,10 @@ fn reduce_online(m: f32, l: f32, lid: u32) -> vec2<f32> {
  */
 export const softmaxKernel: KernelSpec = {
   key: "attention_softmax_f32_causal",
-  uniforms: [["T", "u32"], ["H", "u32"], ["p0", "u32"], ["rows", "u32"], ["sOff", "u32"]],
-  bindings: [
-    { name: "lengths", access: "read", type: "u32" },
-    { name: "s", access: "read_write", type: "f32" },
-  ],
+  uniforms: SOFTMAX_UNIFORMS,
+  bindings: SOFTMAX_BINDINGS,
   workgroupSize: [ATTN_ROW_WG, 1, 1],
-  body: ROW_PRELUDE + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= P.rows) { return; }
-  let i = r % P.T;
-  let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
-  let lim = select(0u, i + 1u, i < len); // keys 0..lim-1 are visible
+  body: ROW_PRELUDE + /* wgsl */ `${wgslGroupMain("r")}${WGSL_SCORE_ROW}
   let base = P.sOff + r * P.T;
   var m = -3.4028234e38; // finite, so exp(m - m') stays defined for threads that saw nothing
   var l = 0.0;
@@ -340,30 +371,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  */
 export const softmaxBackwardKernel: KernelSpec = {
   key: "attention_softmax_backward_f32_causal",
-  uniforms: [
-    ["T", "u32"],
-    ["H", "u32"],
-    ["p0", "u32"],
-    ["rows", "u32"],
-    ["pOff", "u32"],
-    ["gOff", "u32"],
-    ["scale", "f32"],
-  ],
-  bindings: [
-    { name: "lengths", access: "read", type: "u32" },
-    { name: "probs", access: "read", type: "f32" },
-    { name: "g", access: "read_write", type: "f32" },
-  ],
+  uniforms: SOFTMAX_BACKWARD_UNIFORMS,
+  bindings: SOFTMAX_BACKWARD_BINDINGS,
   workgroupSize: [ATTN_ROW_WG, 1, 1],
-  body: ROW_PRELUDE + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= P.rows) { return; }
-  let i = r % P.T;
-  let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
-  let lim = select(0u, i + 1u, i < len);
+  body: ROW_PRELUDE + /* wgsl */ `${wgslGroupMain("r")}${WGSL_SCORE_ROW}
   let pBase = P.pOff + r * P.T;
   let gBase = P.gOff + r * P.T;
   var dot = 0.0;
@@ -415,12 +426,7 @@ var<workgroup> ks: array<f32, ${maxT * FUSED_MAX_HD}>;
 var<workgroup> vs: array<f32, ${maxT * FUSED_MAX_HD}>;
 var<workgroup> ss: array<f32, ${maxT * maxT}>;
 var<workgroup> wlen: u32;
-
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let pr = wid.x + wid.y * nwg.x; // pair inside the chunk
-  if (pr >= P.pairs) { return; }
+${wgslGroupMain("pr", "P.pairs", "li")} // pr: the pair inside the chunk
   let p = P.p0 + pr;
   let b = p / P.H;
   let h = p % P.H;

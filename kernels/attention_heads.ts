@@ -4,16 +4,25 @@
 // None uses a workgroup barrier (llvmpipe runs a workgroup as fibers switched at every barrier): the
 // row kernels give each score row to one invocation, which loops over its ≤ T columns.
 // Plain ES module: no Deno API.
+import {
+  SOFTMAX_BACKWARD_BINDINGS,
+  SOFTMAX_BACKWARD_UNIFORMS,
+  SOFTMAX_BINDINGS,
+  SOFTMAX_UNIFORMS,
+  WGSL_SCORE_ROW,
+} from "./attention.ts";
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslGroupThreadMain } from "./wgsl.ts";
 
 /** Invocations per workgroup of the element-wise and row kernels below. */
 export const ATTN_FLAT_WG = 64;
 
-const FLAT_INDEX = /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let idx = (wid.x + wid.y * nwg.x) * WG_X + li;`;
+// one invocation per element or row: idx
+const FLAT_INDEX = wgslGroupThreadMain("idx", undefined, "li");
+
+// the row kernels: score row r of the chunk, its query i, len and lim (attention.ts)
+const SCORE_ROW_INDEX = FLAT_INDEX + /* wgsl */ `
+  let r = idx;` + WGSL_SCORE_ROW;
 
 const HEAD_UNIFORMS: [string, "u32"][] = [
   ["T", "u32"],
@@ -100,18 +109,10 @@ export function mergeHeadsKernel(transposed: boolean): KernelSpec {
  */
 export const rowSoftmaxKernel: KernelSpec = {
   key: "attention_row_softmax_f32_causal",
-  uniforms: [["T", "u32"], ["H", "u32"], ["p0", "u32"], ["rows", "u32"], ["sOff", "u32"]],
-  bindings: [
-    { name: "lengths", access: "read", type: "u32" },
-    { name: "s", access: "read_write", type: "f32" },
-  ],
+  uniforms: SOFTMAX_UNIFORMS,
+  bindings: SOFTMAX_BINDINGS,
   workgroupSize: [ATTN_FLAT_WG, 1, 1],
-  body: FLAT_INDEX + /* wgsl */ `
-  let r = idx;
-  if (r >= P.rows) { return; }
-  let i = r % P.T;
-  let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
-  let lim = select(0u, i + 1u, i < len);
+  body: SCORE_ROW_INDEX + /* wgsl */ `
   let base = P.sOff + r * P.T;
   var m = -3.4028234e38;
   var l = 0.0;
@@ -133,27 +134,10 @@ export const rowSoftmaxKernel: KernelSpec = {
  */
 export const rowSoftmaxBackwardKernel: KernelSpec = {
   key: "attention_row_softmax_backward_f32_causal",
-  uniforms: [
-    ["T", "u32"],
-    ["H", "u32"],
-    ["p0", "u32"],
-    ["rows", "u32"],
-    ["pOff", "u32"],
-    ["gOff", "u32"],
-    ["scale", "f32"],
-  ],
-  bindings: [
-    { name: "lengths", access: "read", type: "u32" },
-    { name: "probs", access: "read", type: "f32" },
-    { name: "g", access: "read_write", type: "f32" },
-  ],
+  uniforms: SOFTMAX_BACKWARD_UNIFORMS,
+  bindings: SOFTMAX_BACKWARD_BINDINGS,
   workgroupSize: [ATTN_FLAT_WG, 1, 1],
-  body: FLAT_INDEX + /* wgsl */ `
-  let r = idx;
-  if (r >= P.rows) { return; }
-  let i = r % P.T;
-  let len = min(lengths[(P.p0 + r / P.T) / P.H], P.T);
-  let lim = select(0u, i + 1u, i < len);
+  body: SCORE_ROW_INDEX + /* wgsl */ `
   let pBase = P.pOff + r * P.T;
   let gBase = P.gOff + r * P.T;
   var dot = 0.0;

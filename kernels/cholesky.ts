@@ -9,6 +9,7 @@
 // kernels address it as `l[i * n + j - P.lOff]` with global indices (i, j); `lOff` is the first element
 // of the binding. Plain ES module: no Deno API.
 import { type KernelSpec } from "./descriptor.ts";
+import { wgslThreadMain } from "./wgsl.ts";
 
 /** Side of the square output tile of the rank-nb update. */
 export const SYRK_TILE = 64;
@@ -41,11 +42,7 @@ export const lowerCopyKernel: KernelSpec = {
     { name: "l", access: "read_write", type: "f32" },
   ],
   workgroupSize: [256, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let e = gid.x + gid.y * nwg.x * WG_X;          // element of the chunk
-  if (e >= P.count) { return; }
+  body: /* wgsl */ `${wgslThreadMain("e", "P.count")} // e: element of the chunk
   let g = P.row0 * P.n + e;                       // element of the matrix
   let i = g / P.n;
   let j = g % P.n;

@@ -4,6 +4,7 @@
 // `torch.clamp(v, min=w0 - eps, max=w0 + eps)`: the bounds are f32 sums, then min(max(w, lo), hi).
 // Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslThreadMain } from "./wgsl.ts";
 
 export const CLAMP_WG = 256;
 
@@ -16,11 +17,7 @@ export const clampToBandKernel: KernelSpec = {
     { name: "w0", access: "read", type: "f32" },
   ],
   workgroupSize: [CLAMP_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let k = P.off + i;
   let c = w0[k];
   w[k] = min(max(w[k], c - P.eps), c + P.eps);

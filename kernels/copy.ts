@@ -5,6 +5,7 @@
 // serve f32, u32 and i32 tensors alike.
 // Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslThreadMain } from "./wgsl.ts";
 
 export const COPY_WG = 256;
 
@@ -40,11 +41,7 @@ export const copyRowsKernel: KernelSpec = {
     { name: "dst", access: "read_write", type: "u32" },
   ],
   workgroupSize: [COPY_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n * P.C) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n * P.C")}
   let k = i / P.C;
   let c = i % P.C;
   var sr = k;
@@ -77,11 +74,7 @@ export const copyColsKernel: KernelSpec = {
     { name: "dst", access: "read_write", type: "u32" },
   ],
   workgroupSize: [COPY_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.rows * P.w) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.rows * P.w")}
   let r = i / P.w;
   let c = i % P.w;
   dst[P.dOff + r * P.dStride + P.dCol + c] = src[P.sOff + r * P.sStride + P.sCol + c];
@@ -94,11 +87,7 @@ export const fillKernel: KernelSpec = {
   uniforms: [["n", "u32"], ["bits", "u32"], ["off", "u32"]],
   bindings: [{ name: "x", access: "read_write", type: "u32" }],
   workgroupSize: [COPY_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   x[P.off + i] = P.bits;
 }`,
 };
@@ -112,11 +101,7 @@ export const addRowKernel: KernelSpec = {
     { name: "x", access: "read_write", type: "f32" },
   ],
   workgroupSize: [COPY_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let c = gid.x + gid.y * nwg.x * WG_X;
-  if (c >= P.C) { return; }
+  body: /* wgsl */ `${wgslThreadMain("c", "P.C")}
   x[P.off + c] = x[P.off + c] + P.alpha * v[c];
 }`,
 };
@@ -183,10 +168,7 @@ export function castF16ToF32Kernel(native: boolean): KernelSpec {
     ],
     workgroupSize: [COPY_WG, 1, 1],
     enables: native ? ["f16"] : [],
-    body: (native ? "" : HALF_BITS_FNS) + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let w = gid.x + gid.y * nwg.x * WG_X;
+    body: (native ? "" : HALF_BITS_FNS) + /* wgsl */ `${wgslThreadMain("w")}
   if (2u * w >= P.n) { return; }
   ${
       native
@@ -218,10 +200,7 @@ export function castF32ToF16Kernel(native: boolean): KernelSpec {
     ],
     workgroupSize: [COPY_WG, 1, 1],
     enables: native ? ["f16"] : [],
-    body: (native ? "" : HALF_BITS_FNS) + /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let w = gid.x + gid.y * nwg.x * WG_X;
+    body: (native ? "" : HALF_BITS_FNS) + /* wgsl */ `${wgslThreadMain("w")}
   if (2u * w >= P.n) { return; }
   var v = vec2<f32>(src[P.sOff + 2u * w], 0.0);
   if (2u * w + 1u < P.n) { v.y = src[P.sOff + 2u * w + 1u]; }

@@ -1,6 +1,7 @@
 // Elementwise kernels: out = f(a, b) over flat ranges. One thread per element, flat 1-D dispatch folded
 // into x/y so any size fits the 65535-workgroups-per-dimension limit.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslThreadMain } from "./wgsl.ts";
 
 export const ELEMENTWISE_WG = 256;
 
@@ -24,11 +25,7 @@ export function binaryKernel(op: BinaryOp): KernelSpec {
       { name: "out", access: "read_write", type: "f32" },
     ],
     workgroupSize: [ELEMENTWISE_WG, 1, 1],
-    body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+    body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let x = a[i];
   let y = b[i % P.nb];
   out[i] = ${BIN_EXPR[op]};
@@ -45,11 +42,7 @@ export const affineKernel: KernelSpec = {
     { name: "out", access: "read_write", type: "f32" },
   ],
   workgroupSize: [ELEMENTWISE_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   out[i] = P.alpha * a[i] + P.beta;
 }`,
 };

@@ -3,6 +3,7 @@
 // gather's gradient. Row gathers copy 4-byte words bit for bit (u32), so any 4-byte dtype works.
 // Plain ES module: no Deno API.
 import type { KernelSpec } from "./descriptor.ts";
+import { wgslThreadMain } from "./wgsl.ts";
 
 export const GATHER_WG = 256;
 
@@ -33,11 +34,7 @@ export const gatherRowsKernel: KernelSpec = {
     { name: "out", access: "read_write", type: "u32" },
   ],
   workgroupSize: [GATHER_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n * P.C) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n * P.C")}
   let k = i / P.C;
   let c = i % P.C;
   let id = ids[P.idOff + k];
@@ -71,11 +68,7 @@ export const addPositionsKernel: KernelSpec = {
     { name: "out", access: "read_write", type: "f32" },
   ],
   workgroupSize: [GATHER_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let t = (P.row0 + i / P.C) % P.T;
   out[P.oOff + i] = x[P.xOff + i] + wpe[P.wOff + (t - P.tBase) * P.C + i % P.C];
 }`,
@@ -94,11 +87,7 @@ export const scatterLinksKernel: KernelSpec = {
     { name: "links", access: "read_write", type: "u32" },
   ],
   workgroupSize: [GATHER_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let n = gid.x + gid.y * nwg.x * WG_X;
-  if (n >= P.N) { return; }
+  body: /* wgsl */ `${wgslThreadMain("n", "P.N")}
   let id = ids[n];
   var first = 1u;
   for (var m = 0u; m < n; m++) {
@@ -135,11 +124,7 @@ export const scatterAddKernel: KernelSpec = {
     { name: "out", access: "read_write", type: "f32" },
   ],
   workgroupSize: [GATHER_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.N * P.C) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.N * P.C")}
   let n = i / P.C;
   let c = i % P.C;
   let id = ids[n];

@@ -9,6 +9,7 @@
 // The derivative is that of the clamped form: where a is clamped, da/dx = 0. One thread per element.
 // Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslThreadMain } from "./wgsl.ts";
 
 export const GELU_WG = 256;
 
@@ -33,10 +34,7 @@ export const geluKernel: KernelSpec = {
   workgroupSize: [GELU_WG, 1, 1],
   body: /* wgsl */ `
 ${WGSL_GELU_ARG}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+${wgslThreadMain("i", "P.n")}
   let v = x[P.off + i];
   let t = tanh(clamp(geluArg(v), -ARG_CLAMP, ARG_CLAMP));
   y[P.off + i] = 0.5 * v * (1.0 + t);
@@ -55,10 +53,7 @@ export const geluBackwardKernel: KernelSpec = {
   workgroupSize: [GELU_WG, 1, 1],
   body: /* wgsl */ `
 ${WGSL_GELU_ARG}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+${wgslThreadMain("i", "P.n")}
   let v = x[P.off + i];
   let a = geluArg(v);
   let t = tanh(clamp(a, -ARG_CLAMP, ARG_CLAMP));

@@ -5,6 +5,7 @@
 // are written too: the backward pass needs exactly these values. Plain ES module: no Deno API.
 import type { Access, KernelSpec, StorageBinding, UniformType } from "./descriptor.ts";
 import { WGSL_WG_SUM } from "./reduce.ts";
+import { wgslGroupMain, wgslGroupThreadMain, wgslThreadMain } from "./wgsl.ts";
 
 const f32 = (name: string, access: Access): StorageBinding => ({ name, access, type: "f32" });
 
@@ -37,11 +38,7 @@ export function layerNormKernel(wg: number): KernelSpec {
     workgroupSize: [wg, 1, 1],
     body: /* wgsl */ `
 ${WGSL_WG_SUM}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
+${wgslGroupMain("row", "P.rows")}
   let base = P.off + row * P.C;
   let n = f32(P.C);
   var s = 0.0;
@@ -106,12 +103,7 @@ export const layerNormRowThreadKernel: KernelSpec = {
   uniforms: FORWARD_UNIFORMS,
   bindings: FORWARD_BINDINGS,
   workgroupSize: [LAYERNORM_ROWTHREAD_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = (wid.x + wid.y * nwg.x) * WG_X + lid;
-  if (row >= P.rows) { return; }
+  body: /* wgsl */ `${wgslGroupThreadMain("row", "P.rows")}
   let base = P.off + row * P.C;
   let n = f32(P.C);
   // the sum is taken about the row's first element: its rounding then scales with the spread, not |mean|
@@ -195,11 +187,7 @@ export function layerNormBackwardKernel(wg: number): KernelSpec {
     body: /* wgsl */ `
 ${WGSL_WG_SUM}
 ${WGSL_BLOCK_COLUMN_PARTIAL}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let block = wid.x + wid.y * nwg.x;
-  if (block >= P.blocks) { return; }
+${wgslGroupMain("block", "P.blocks")}
   let r0 = block * P.rowsPerBlock;
   let r1 = min(r0 + P.rowsPerBlock, P.rows);
   let n = f32(P.C);
@@ -238,12 +226,7 @@ export const layerNormBackwardRowThreadKernel: KernelSpec = {
   uniforms: [["rows", "u32"], ["C", "u32"], ["off", "u32"], ["statOff", "u32"]],
   bindings: [...BACKWARD_INPUTS, f32("gamma", "read"), f32("dx", "read_write")],
   workgroupSize: [LAYERNORM_ROWTHREAD_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let r = (wid.x + wid.y * nwg.x) * WG_X + lid;
-  if (r >= P.rows) { return; }
+  body: /* wgsl */ `${wgslGroupThreadMain("r", "P.rows")}
   let base = P.off + r * P.C;
   let mu = mean[P.statOff + r];
   let rs = rstd[P.statOff + r];
@@ -280,10 +263,7 @@ export const layerNormBlockPartialKernel: KernelSpec = {
   workgroupSize: [LAYERNORM_PARTIAL_WG, 1, 1],
   body: /* wgsl */ `
 ${WGSL_BLOCK_COLUMN_PARTIAL}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let t = (wid.x + wid.y * nwg.x) * WG_X + lid;
+${wgslGroupThreadMain("t")}
   let block = t / P.C;
   let c = t - block * P.C;
   if (block >= P.blocks) { return; }
@@ -308,11 +288,7 @@ export const layerNormColSumKernel: KernelSpec = {
     { name: "dbeta", access: "read_write", type: "f32" },
   ],
   workgroupSize: [LAYERNORM_COLSUM_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let c = gid.x + gid.y * nwg.x * WG_X;
-  if (c >= P.C) { return; }
+  body: /* wgsl */ `${wgslThreadMain("c", "P.C")}
   var g = 0.0;
   var s = 0.0;
   if (P.accumulate == 1u) {

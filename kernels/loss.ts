@@ -22,6 +22,7 @@
 import { flatWorkgroups, type KernelSpec, type StorageBinding, type Workgroups } from "./descriptor.ts";
 import { WGSL_WG_SUM } from "./reduce.ts";
 import { wgslRowMaxSum } from "./softmax.ts";
+import { wgslGroupMain, wgslThreadMain } from "./wgsl.ts";
 
 /** Threads per workgroup of the elementwise gradient kernels. */
 export const LOSS_GRAD_WG = 256;
@@ -35,6 +36,16 @@ const WGSL_ROW_LOGSUMEXP = wgslRowMaxSum("logits");
 
 const f32In = (name: string): StorageBinding => ({ name, access: "read", type: "f32" });
 const f32Out = (name: string): StorageBinding => ({ name, access: "read_write", type: "f32" });
+
+/** Last bindings of both gradient kernels: the upstream gradient g per row (when given), saved, dlogits. */
+const gradOutputs = (upstream: boolean): StorageBinding[] => [
+  ...(upstream ? [f32In("g")] : []),
+  f32In("saved"),
+  f32Out("dlogits"),
+];
+/** Entry of both gradient kernels: one thread per logit `i`, in row `row`. */
+const WGSL_GRAD_MAIN = wgslThreadMain("i", "P.n") + /* wgsl */ `
+  let row = i / P.V;`;
 
 /**
  * Cross-entropy forward over a row chunk: logits is a range of [rows, V] at `off`; targets, weights and
@@ -61,11 +72,7 @@ export function crossEntropyKernel(wg: number, weighted: boolean): KernelSpec {
     workgroupSize: [wg, 1, 1],
     body: /* wgsl */ `
 ${WGSL_ROW_LOGSUMEXP}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
+${wgslGroupMain("row", "P.rows")}
   let base = P.off + row * P.V;
   let ms = rowMaxSum(lid, base, P.V);
   let logS = log(ms.y);
@@ -97,17 +104,10 @@ export function crossEntropyBackwardKernel(weighted: boolean, upstream: boolean)
       f32In("logits"),
       { name: "targets", access: "read", type: "u32" },
       ...(weighted ? [f32In("weights")] : []),
-      ...(upstream ? [f32In("g")] : []),
-      f32In("saved"),
-      f32Out("dlogits"),
+      ...gradOutputs(upstream),
     ],
     workgroupSize: [LOSS_GRAD_WG, 1, 1],
-    body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
-  let row = i / P.V;
+    body: /* wgsl */ `${WGSL_GRAD_MAIN}
   let c = i - row * P.V;
   let t = targets[P.vOff + row];
   let w = ${weighted ? "weights[P.vOff + row]" : "1.0"} * ${upstream ? "g[P.vOff + row]" : "1.0"};
@@ -135,11 +135,7 @@ export function klDivergenceRefModelKernel(wg: number): KernelSpec {
     body: /* wgsl */ `
 ${WGSL_ROW_LOGSUMEXP}
 ${WGSL_WG_SUM}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
+${wgslGroupMain("row", "P.rows")}
   let base = P.off + row * P.V;
   let ms = rowMaxSum(lid, base, P.V);
   let logS = log(ms.y);
@@ -173,17 +169,10 @@ export function klDivergenceRefModelBackwardKernel(upstream: boolean): KernelSpe
     bindings: [
       f32In("logits"),
       f32In("logp0"),
-      ...(upstream ? [f32In("g")] : []),
-      f32In("saved"),
-      f32Out("dlogits"),
+      ...gradOutputs(upstream),
     ],
     workgroupSize: [LOSS_GRAD_WG, 1, 1],
-    body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
-  let row = i / P.V;
+    body: /* wgsl */ `${WGSL_GRAD_MAIN}
   let s = P.sOff + 3u * row;
   let p = exp((logits[P.off + i] - saved[s]) - saved[s + 1u]);
   let d = p * saved[s + 2u] - exp(logp0[P.off + i]);

@@ -3,6 +3,7 @@
 // x = 0 as torch.norm does (ROME's weight decay ‖δ‖/‖v₀‖² starts at δ = 0).
 // Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
+import { wgslThreadMain } from "./wgsl.ts";
 
 export const NORM_BACKWARD_WG = 256;
 
@@ -33,11 +34,7 @@ export const normBackwardKernel: KernelSpec = {
     { name: "dx", access: "read_write", type: "f32" },
   ],
   workgroupSize: [NORM_BACKWARD_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let r = nrm[0];
   dx[i] = select(0.0, g[0] * x[i] / r, r > 0.0);
 }`,

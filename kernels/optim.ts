@@ -4,6 +4,7 @@
 // learning rate) are uniforms, so one pipeline serves every step. Plain ES module: no Deno API.
 import { flatWorkgroups, type KernelSpec, type Workgroups } from "./descriptor.ts";
 import { WGSL_WG_SUM } from "./reduce.ts";
+import { wgslGroupMain, wgslThreadMain } from "./wgsl.ts";
 
 export const OPTIM_WG = 256;
 
@@ -37,11 +38,7 @@ export const adamKernel: KernelSpec = {
     { name: "v", access: "read_write", type: "f32" },
   ],
   workgroupSize: [OPTIM_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let k = P.off + i;
   var param = p[k];
   var grad = g[k];
@@ -81,11 +78,7 @@ export function sgdKernel(momentum: boolean): KernelSpec {
       ...(momentum ? [{ name: "buf", access: "read_write", type: "f32" } as const] : []),
     ],
     workgroupSize: [OPTIM_WG, 1, 1],
-    body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+    body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   let k = P.off + i;
   let param = p[k];
   var d = g[k];
@@ -112,10 +105,7 @@ export const sumSquaresKernel: KernelSpec = {
   workgroupSize: [OPTIM_WG, 1, 1],
   body: /* wgsl */ `
 ${WGSL_WG_SUM}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let seg = wid.x + wid.y * nwg.x;
+${wgslGroupMain("seg")}
   let start = seg * ${SUMSQ_SEGMENT}u;
   if (start >= P.n) { return; }
   let end = min(start + ${SUMSQ_SEGMENT}u, P.n);
@@ -166,11 +156,7 @@ export const scaleByKernel: KernelSpec = {
     { name: "x", access: "read_write", type: "f32" },
   ],
   workgroupSize: [OPTIM_WG, 1, 1],
-  body: /* wgsl */ `
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * WG_X;
-  if (i >= P.n) { return; }
+  body: /* wgsl */ `${wgslThreadMain("i", "P.n")}
   x[P.off + i] = x[P.off + i] * coef[0];
 }`,
 };

@@ -4,6 +4,7 @@
 // t+WG, ...: neighbouring threads read neighbouring words), then a log2(WG)-step tree in workgroup
 // memory. Plain ES module: no Deno API.
 import type { KernelSpec } from "./descriptor.ts";
+import { wgslGroupMain } from "./wgsl.ts";
 
 /**
  * Workgroup width of a one-workgroup-per-row kernel: 64 threads up to 4096 columns (GPT-2's 768 and
@@ -94,11 +95,7 @@ fn maxNan(a: f32, b: f32) -> f32 {
   return select(select(max(a, b), b, isNan(b)), a, isNan(a));
 }
 var<workgroup> scratch: array<f32, WG_X>;
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let local = wid.x + wid.y * nwg.x;
-  if (local >= P.count) { return; }
+${wgslGroupMain("local", "P.count")}
   let g = P.firstSeg + local;
   let row = g / P.segs;
   let rowStart = row * P.cols;
@@ -146,11 +143,7 @@ fn beats(v2: f32, i2: u32, v1: f32, i1: u32) -> bool {
 }
 var<workgroup> bestV: array<f32, WG_X>;
 var<workgroup> bestI: array<u32, WG_X>;
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
+${wgslGroupMain("row", "P.rows")}
   let base = P.xOff + row * P.cols;
   // Column 0 is a real candidate, so it is a safe start for threads that see no column.
   var v = x[base];

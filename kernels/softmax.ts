@@ -7,6 +7,7 @@
 // Two reads of the row instead of three. Plain ES module: no Deno API.
 import type { KernelSpec } from "./descriptor.ts";
 import { WGSL_LOWEST } from "./reduce.ts";
+import { wgslGroupMain } from "./wgsl.ts";
 
 export type SoftmaxKind = "softmax" | "logsoftmax";
 
@@ -70,11 +71,7 @@ export function softmaxKernel(kind: SoftmaxKind, wg: number): KernelSpec {
     workgroupSize: [wg, 1, 1],
     body: /* wgsl */ `
 ${wgslRowMaxSum("x")}
-@compute @workgroup_size(WG_X, WG_Y, WG_Z)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
+${wgslGroupMain("row", "P.rows")}
   let base = P.off + row * P.cols;
   let ms = rowMaxSum(lid, base, P.cols);
   let m = ms.x;

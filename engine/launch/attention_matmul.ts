@@ -8,9 +8,7 @@ import {
   rowSoftmaxKernel,
   splitHeadsKernel,
 } from "../../kernels/attention_heads.ts";
-import { type MatmulConfig, matmulKernel, matmulKey, matmulWorkgroups } from "../../kernels/matmul.ts";
-import type { KernelSpec } from "../../kernels/descriptor.ts";
-import { type GemmProblem, planGemm } from "./matmul.ts";
+import { type GemmOperand, runGemm } from "./matmul.ts";
 import type { Engine } from "../engine.ts";
 import type { BoundRange, Tensor } from "../tensor.ts";
 import { bindRows } from "../chunks.ts";
@@ -19,98 +17,16 @@ import type { Geometry } from "./attention.ts";
 /** Puts the head-dim outputs of the backward (and of O) transposed, [hd, T] per pair: N = T, not hd. */
 const TRANSPOSED_HEADS = true;
 
-const gemmKernels = new Map<string, KernelSpec>();
-function gemmKernel(c: MatmulConfig): KernelSpec {
-  const key = matmulKey(c);
-  let k = gemmKernels.get(key);
-  if (!k) gemmKernels.set(key, k = matmulKernel(c));
-  return k;
-}
-
-/** An operand of `gemm`: a tensor and the element where batch 0 of the matrix starts. */
-interface Operand {
-  t: Tensor;
-  off: number;
-}
-
-/**
- * C[z] = alpha · op(A[z]) · op(B[z]) for z < batches, the matrices at element offsets of their tensors
- * (the matmul op's planner and kernels, with base offsets the op's API does not take). An operand read
- * as vec4 needs a 4-aligned base; otherwise every dispatch falls back to the scalar kernel.
- */
-function gemm(
-  e: Engine,
-  p: Omit<GemmProblem, "accumulate">,
-  a: Operand,
-  b: Operand,
-  c: Operand,
-  alpha: number,
-): void {
-  const prob: GemmProblem = { ...p, accumulate: false };
-  const maxElems = Math.floor((e.limits.maxBindingBytes - e.limits.storageOffsetAlignment) / 4);
-  const chunks = planGemm(prob, maxElems, {
-    maxWorkgroups: e.limits.maxWorkgroupsPerDim,
-    workgroupBytes: e.limits.workgroupStorage,
-  });
-  const aligned = a.off % 4 === 0 && b.off % 4 === 0 && c.off % 4 === 0;
-  const spanA = (bb: number, mb: number, kb: number) =>
-    (bb - 1) * p.strideA + (p.transA ? (kb - 1) * p.lda + mb : (mb - 1) * p.lda + kb);
-  const spanB = (bb: number, nb: number, kb: number) =>
-    (bb - 1) * p.strideB + (p.transB ? (nb - 1) * p.ldb + kb : (kb - 1) * p.ldb + nb);
-  const spanC = (bb: number, mb: number, nb: number) => (bb - 1) * p.strideC + (mb - 1) * p.ldc + nb;
-  const bind = (o: Operand, first: number, span: number): BoundRange =>
-    o.t.range(o.off + first, o.off + first + Math.max(span, 1));
-  for (const ch of chunks) {
-    const config: MatmulConfig = aligned ? ch.config : {
-      ...ch.config,
-      vecA: false,
-      vecB: false,
-      vecC: false,
-      tm: 8,
-      tn: 8,
-      kstep: 1,
-    };
-    const firstA = ch.b0 * p.strideA + (p.transA ? ch.k0 * p.lda + ch.m0 : ch.m0 * p.lda + ch.k0);
-    const firstB = ch.b0 * p.strideB + (p.transB ? ch.n0 * p.ldb + ch.k0 : ch.k0 * p.ldb + ch.n0);
-    const firstC = ch.b0 * p.strideC + ch.m0 * p.ldc + ch.n0;
-    const rA = bind(a, firstA, spanA(ch.bb, ch.mb, ch.kb));
-    const rB = bind(b, firstB, spanB(ch.bb, ch.nb, ch.kb));
-    const rC = bind(c, firstC, spanC(ch.bb, ch.mb, ch.nb));
-    e.dispatch(
-      gemmKernel(config),
-      {
-        M: ch.mb,
-        N: ch.nb,
-        K: ch.kb,
-        lda: p.lda,
-        ldb: p.ldb,
-        ldc: p.ldc,
-        offA: rA.elemOffset,
-        offB: rB.elemOffset,
-        offC: rC.elemOffset,
-        offBias: 0,
-        strideA: p.strideA,
-        strideB: p.strideB,
-        strideC: p.strideC,
-        hasBias: 0,
-        alpha,
-      },
-      [rA, rB, rA, rC],
-      matmulWorkgroups(config, ch.mb, ch.nb, ch.bb),
-    );
-  }
-}
-
 /** Batched [T, T]·[T, hd]-type product over `pairs` pairs; `t` flags and leading dims pick the layout. */
 function pairGemm(
   e: Engine,
   dims: { M: number; N: number; K: number; pairs: number },
-  a: Operand & { ld: number; stride: number; trans?: boolean },
-  b: Operand & { ld: number; stride: number; trans?: boolean },
-  c: Operand & { ld: number; stride: number },
+  a: GemmOperand & { ld: number; stride: number; trans?: boolean },
+  b: GemmOperand & { ld: number; stride: number; trans?: boolean },
+  c: GemmOperand & { ld: number; stride: number },
   alpha = 1,
 ): void {
-  gemm(
+  runGemm(
     e,
     {
       M: dims.M,
@@ -125,12 +41,39 @@ function pairGemm(
       strideA: a.stride,
       strideB: b.stride,
       strideC: c.stride,
+      accumulate: false,
     },
     a,
     b,
     c,
+    undefined,
     alpha,
   );
+}
+
+/**
+ * The head copy kernels' bound ranges and uniforms for the chunk's pairs [p0, p1): `rows` bound over
+ * the chunk's batch rows, `head` ([secs, n, T, hd] in either layout) whole.
+ */
+function headCopy(g: Geometry, rows: Tensor, head: Tensor, secs: number, p0: number, p1: number) {
+  const { T, H, hd } = g, n = p1 - p0;
+  const b0 = Math.floor(p0 / H), b1 = Math.floor((p1 - 1) / H) + 1;
+  const stride = rows.shape[2];
+  const total = secs * n * T;
+  const rb = bindRows(rows, b0 * T, b1 * T, stride), hb = bindRows(head, 0, total * hd, 1);
+  const uniforms = {
+    T,
+    H,
+    hd,
+    p0,
+    b0,
+    pairs: n,
+    total,
+    rowStride: stride,
+    rowOff: rb.elemOffset,
+    headOff: hb.elemOffset,
+  };
+  return { rb, hb, uniforms, workgroups: flatAttnWorkgroups(total) };
 }
 
 /** Head-major copy [secs, n, T, hd] of the chunk's pairs (zeros at padded positions) of a row tensor. */
@@ -143,29 +86,9 @@ function splitHeads(
   p0: number,
   p1: number,
 ): Tensor {
-  const { T, H, hd } = g, n = p1 - p0;
-  const b0 = Math.floor(p0 / H), b1 = Math.floor((p1 - 1) / H) + 1;
-  const stride = rows.shape[2];
-  const head = e.empty([secs * n * T * hd]);
-  const rb = bindRows(rows, b0 * T, b1 * T, stride), hb = bindRows(head, 0, secs * n * T * hd, 1);
-  const total = secs * n * T;
-  e.dispatch(
-    splitHeadsKernel,
-    {
-      T,
-      H,
-      hd,
-      p0,
-      b0,
-      pairs: n,
-      total,
-      rowStride: stride,
-      rowOff: rb.elemOffset,
-      headOff: hb.elemOffset,
-    },
-    [lb, rb, hb],
-    flatAttnWorkgroups(total),
-  );
+  const head = e.empty([secs * (p1 - p0) * g.T * g.hd]);
+  const h = headCopy(g, rows, head, secs, p0, p1);
+  e.dispatch(splitHeadsKernel, h.uniforms, [lb, h.rb, h.hb], h.workgroups);
   return head;
 }
 
@@ -180,28 +103,8 @@ function mergeHeads(
   p0: number,
   p1: number,
 ): void {
-  const { T, H, hd } = g, n = p1 - p0;
-  const b0 = Math.floor(p0 / H), b1 = Math.floor((p1 - 1) / H) + 1;
-  const stride = rows.shape[2];
-  const total = secs * n * T;
-  const rb = bindRows(rows, b0 * T, b1 * T, stride), hb = bindRows(head, 0, total * hd, 1);
-  e.dispatch(
-    mergeHeadsKernel(TRANSPOSED_HEADS),
-    {
-      T,
-      H,
-      hd,
-      p0,
-      b0,
-      pairs: n,
-      total,
-      rowStride: stride,
-      rowOff: rb.elemOffset,
-      headOff: hb.elemOffset,
-    },
-    [lb, hb, rb],
-    flatAttnWorkgroups(total),
-  );
+  const h = headCopy(g, rows, head, secs, p0, p1);
+  e.dispatch(mergeHeadsKernel(TRANSPOSED_HEADS), h.uniforms, [lb, h.hb, h.rb], h.workgroups);
 }
 
 /** The forward of one chunk of pairs [p0, p1) on the matmul path; scores go to s (probs or scratch). */
@@ -211,7 +114,7 @@ export function matmulPathForwardChunk(
   lb: BoundRange,
   qkv: Tensor,
   out: Tensor,
-  s: Operand,
+  s: GemmOperand,
   p0: number,
   p1: number,
 ): void {

@@ -318,17 +318,28 @@ export function launchMatmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Te
     strideC: flatten ? 0 : M * N,
     accumulate: opts.accumulate ?? false,
   };
-  runGemm(engine, p, a, b, c, opts.bias, alpha);
+  runGemm(engine, p, { t: a, off: 0 }, { t: b, off: 0 }, { t: c, off: 0 }, opts.bias, alpha);
   return c;
 }
 
-/** Records the dispatches of a planned problem. */
-function runGemm(
+/** An operand of `runGemm`: a tensor and the element where batch 0 of its matrix starts. */
+export interface GemmOperand {
+  t: Tensor;
+  off: number;
+}
+
+/**
+ * Records the dispatches of a planned problem: C[z] = alpha · op(A[z]) · op(B[z]) (+ bias) for z <
+ * batches, the matrices at element offsets of their tensors (0 for the matmul op; the attention matmul
+ * path passes bases the op's API does not take). An operand read as vec4 needs a 4-aligned base;
+ * otherwise every dispatch falls back to the scalar kernel.
+ */
+export function runGemm(
   engine: Engine,
   p: GemmProblem,
-  a: Tensor,
-  b: Tensor,
-  c: Tensor,
+  a: GemmOperand,
+  b: GemmOperand,
+  c: GemmOperand,
   bias: Tensor | undefined,
   alpha: number,
 ): void {
@@ -338,9 +349,13 @@ function runGemm(
     maxWorkgroups: engine.limits.maxWorkgroupsPerDim,
     workgroupBytes: engine.limits.workgroupStorage,
   });
-  const bind = (t: Tensor, first: number, span: number): BoundRange =>
-    t.range(first, first + Math.max(span, 1));
+  const aligned = a.off % 4 === 0 && b.off % 4 === 0 && c.off % 4 === 0;
+  const bind = (o: GemmOperand, first: number, span: number): BoundRange =>
+    o.t.range(o.off + first, o.off + first + Math.max(span, 1));
   for (const ch of chunks) {
+    const config: MatmulConfig = aligned
+      ? ch.config
+      : { ...ch.config, vecA: false, vecB: false, vecC: false, ...GENERIC_TILE, kstep: 1 };
     const firstA = ch.b0 * p.strideA + (p.transA ? ch.k0 * p.lda + ch.m0 : ch.m0 * p.lda + ch.k0);
     const firstB = ch.b0 * p.strideB + (p.transB ? ch.n0 * p.ldb + ch.k0 : ch.k0 * p.ldb + ch.n0);
     const firstC = ch.b0 * p.strideC + ch.m0 * p.ldc + ch.n0;
@@ -349,7 +364,7 @@ function runGemm(
     const rC = bind(c, firstC, spanC(p, ch.bb, ch.mb, ch.nb));
     const useBias = bias !== undefined && ch.first;
     // without a bias the binding still needs a buffer: A's range is read-only, and the kernel selects 0
-    const rBias = useBias ? bind(bias, ch.n0, ch.nb) : rA;
+    const rBias = useBias ? bind({ t: bias, off: 0 }, ch.n0, ch.nb) : rA;
     const u: MatmulUniforms = {
       M: ch.mb,
       N: ch.nb,
@@ -368,10 +383,10 @@ function runGemm(
       alpha,
     };
     engine.dispatch(
-      kernel(ch.config),
+      kernel(config),
       u,
       [rA, rB, rBias, rC],
-      matmulWorkgroups(ch.config, ch.mb, ch.nb, ch.bb),
+      matmulWorkgroups(config, ch.mb, ch.nb, ch.bb),
     );
   }
 }

@@ -200,6 +200,16 @@ export function layerNormBackward(
       const xr = bindRows(x, r0, r1, C),
         sr = bindRows(mean, r0, r1, 1),
         pr = bindRows(partial, b0, b1, 2 * C);
+      // the block kernels' uniforms (layerNormBackwardKernel, layerNormBlockPartialKernel)
+      const blockUniforms = {
+        rows: r1 - r0,
+        C,
+        rowsPerBlock: perBlock,
+        blocks: b1 - b0,
+        off: xr.elemOffset,
+        statOff: sr.elemOffset,
+        pOff: pr.elemOffset,
+      };
       if (rowThread) {
         // dx by one thread per row, the partial column sums by one thread per (block, column): no barriers
         const dyr = bindRows(dy, r0, r1, C), rr = bindRows(rstd, r0, r1, 1);
@@ -211,15 +221,7 @@ export function layerNormBackward(
         );
         e.dispatch(
           layerNormBlockPartialKernel,
-          {
-            rows: r1 - r0,
-            C,
-            rowsPerBlock: perBlock,
-            blocks: b1 - b0,
-            off: xr.elemOffset,
-            statOff: sr.elemOffset,
-            pOff: pr.elemOffset,
-          },
+          blockUniforms,
           [xr, dyr, sr, rr, pr],
           rowGroups(x, Math.ceil(((b1 - b0) * C) / LAYERNORM_PARTIAL_WG)),
         );
@@ -227,15 +229,7 @@ export function layerNormBackward(
       }
       e.dispatch(
         layerNormBackwardKernel(rowWorkgroupSize(C)),
-        {
-          rows: r1 - r0,
-          C,
-          rowsPerBlock: perBlock,
-          blocks: b1 - b0,
-          off: xr.elemOffset,
-          statOff: sr.elemOffset,
-          pOff: pr.elemOffset,
-        },
+        blockUniforms,
         [
           xr,
           bindRows(dy, r0, r1, C),
