@@ -18,6 +18,7 @@ import { topOneAccuracy } from "./eval/knowledge.ts";
 import { fileURLToPath } from "node:url";
 import { findSubjectRange } from "./engine/gpt2/tokenizer.ts";
 import { fmt } from "./tracing/render.ts";
+import { pngRasteriser } from "./cli/figures.ts";
 import { LAST_SUBJECT } from "./tracing/aggregate.ts";
 import { summarizeFacts, type TraceCaseStore, traceFacts } from "./tracing/dataset.ts";
 import {
@@ -2940,7 +2941,7 @@ async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
     });
     rows += cellRows;
     bar.done();
-    await writeOutputs(out, await traceFiles(records, info));
+    await writeOutputs(out, await traceFiles(records, info, pngRasteriser()));
     if (json) {
       console.log(JSON.stringify(records.length === 1 ? records[0] : records));
       return;
@@ -3048,7 +3049,7 @@ async function traceFactsCli(opts: Record<string, unknown>): Promise<void> {
     seconds,
     suggested_layer: summary.suggestedLayer ?? null,
   });
-  await writeOutputs(out, await factsFiles(summary.kinds, record));
+  await writeOutputs(out, await factsFiles(summary.kinds, record, pngRasteriser()));
   if (summary.suggestedLayer !== undefined) {
     const stored: SuggestedLayer = {
       layer: summary.suggestedLayer,

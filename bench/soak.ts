@@ -53,6 +53,7 @@ import { parseKnownFacts, parseSubjects } from "../tracing/facts.ts";
 import { DEFAULT_NOISE, parseNoiseSpec, subjectEmbeddingStd } from "../tracing/noise.ts";
 import { traceHeader, traceRecords } from "../tracing/prompt.ts";
 import { traceFiles } from "../tracing/report.ts";
+import { pngRasteriser } from "../cli/figures.ts";
 import {
   BasePass,
   DEFAULT_SAMPLES,
@@ -160,6 +161,8 @@ function timeless(v: unknown): unknown {
   return v;
 }
 
+const rasterise = pngRasteriser();
+
 /** A one-prompt trace of every kind, as `deno task trace --prompt --subject` runs it (files in memory). */
 async function traceOnce(i: number): Promise<string> {
   const fact = facts[i % facts.length];
@@ -180,7 +183,7 @@ async function traceOnce(i: number): Promise<string> {
       model_hash: model.hash,
       noise_factor: (noiseSpec as { factor: number }).factor,
       embedding_std: std.std,
-    });
+    }, rasterise);
     if (files.size === 0) throw new Error("soak: the trace rendered no files");
     return JSON.stringify(timeless({ known_id: fact.known_id, records }));
   } finally {

@@ -1,8 +1,7 @@
 // Causal tracing: the batched, layer-skipping evaluation against the reference-shaped one and against a
-// float64 CPU forward, the reference's window and noise rules, AIE aggregation, the renderers' encoders,
+// float64 CPU forward, the reference's window and noise rules, AIE aggregation, the renderers,
 // dataset caching, and the CLI (`deno task trace`) end to end on tiny random checkpoints.
-import { deepStrictEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
-import { crc32 as nodeCrc32 } from "node:zlib";
+import { deepStrictEqual, equal, match, ok, throws } from "node:assert/strict";
 import { join } from "node:path";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { buildGpt2 } from "../engine/gpt2/load.ts";
@@ -33,8 +32,9 @@ import {
 import { FactsFormatError, parseKnownFacts } from "../tracing/facts.ts";
 import { type CaseRecord, summarizeFacts, type TraceCaseStore, traceFacts } from "../tracing/dataset.ts";
 import { Colormap, LUT_SIZE, parseHex } from "../tracing/colormap.ts";
-import { encodePng, PNG_SIGNATURE, zlibInflate } from "../tracing/png.ts";
-import { ansiHeatmap, heatmapSvg } from "../tracing/render.ts";
+import { decode as decodePng } from "fast-png";
+import { FIGURE_SCALE } from "../cli/figures.ts";
+import { ansiHeatmap, heatmapSvg, svgSize } from "../tracing/render.ts";
 import { readSuggestedLayer } from "../cli.ts";
 
 const engine = await testEngine();
@@ -547,35 +547,6 @@ Deno.test("colormaps: the LUT is matplotlib's _create_lookup_table over the nine
   }
 });
 
-Deno.test("PNG: chunks carry valid CRCs and the IDAT inflates to the filtered scanlines", async () => {
-  const w = 5, h = 3;
-  const rgb = Uint8Array.from({ length: w * h * 3 }, (_, i) => (i * 37) % 256);
-  const png = await encodePng(w, h, rgb);
-  deepStrictEqual(png.subarray(0, 8), PNG_SIGNATURE);
-  const dv = new DataView(png.buffer, png.byteOffset);
-  const chunks: { type: string; data: Uint8Array }[] = [];
-  for (let off = 8; off < png.length;) {
-    const len = dv.getUint32(off);
-    const type = new TextDecoder().decode(png.subarray(off + 4, off + 8));
-    equal(dv.getUint32(off + 8 + len), nodeCrc32(png.subarray(off + 4, off + 8 + len)), `${type} CRC`);
-    chunks.push({ type, data: png.subarray(off + 8, off + 8 + len) });
-    off += 12 + len;
-  }
-  deepStrictEqual(chunks.map((c) => c.type), ["IHDR", "IDAT", "IEND"]);
-  const ihdr = new DataView(chunks[0].data.buffer, chunks[0].data.byteOffset);
-  deepStrictEqual([ihdr.getUint32(0), ihdr.getUint32(4), chunks[0].data[8], chunks[0].data[9]], [w, h, 8, 2]);
-  const raw = await zlibInflate(chunks[1].data);
-  equal(raw.length, h * (1 + 3 * w));
-  for (let y = 0; y < h; y++) {
-    equal(raw[y * (1 + 3 * w)], 0);
-    deepStrictEqual(
-      raw.subarray(y * (1 + 3 * w) + 1, (y + 1) * (1 + 3 * w)),
-      rgb.subarray(y * 3 * w, (y + 1) * 3 * w),
-    );
-  }
-  await rejects(() => encodePng(2, 2, new Uint8Array(5)), /bytes for 2×2/);
-});
-
 Deno.test("heatmap renderers: one hoverable cell per value; ANSI colour only when asked", () => {
   const spec = {
     values: [[0.1, 0.5, 0.2], [0.3, 0.05, 0.9]],
@@ -612,6 +583,13 @@ async function cli(args: string[], env: Record<string, string> = {}) {
 }
 
 const PROMPT = "The Tower is in the city";
+
+/** STEM.png decodes to twice STEM.svg's size (tests/figures_test.ts checks that its text renders). */
+async function checkFigurePng(stem: string): Promise<void> {
+  const png = decodePng(await Deno.readFile(stem + ".png"));
+  const [w, h] = svgSize(await Deno.readTextFile(stem + ".svg"));
+  deepStrictEqual([png.width, png.height], [w * FIGURE_SCALE, h * FIGURE_SCALE], stem);
+}
 
 Deno.test("CLI: --json shape, files written; --expect refuses a wrong answer unless --force; bad input is one line", async () => {
   const dir = await Deno.makeTempDir();
@@ -652,8 +630,7 @@ Deno.test("CLI: --json shape, files written; --expect refuses a wrong answer unl
     const saved = JSON.parse(await Deno.readTextFile(join(out, "trace.json")));
     equal(saved.length, 3);
     equal(typeof saved[0].model_hash, "string");
-    const png = await Deno.readFile(join(out, "heatmap_mlp.png"));
-    deepStrictEqual(png.subarray(0, 8), PNG_SIGNATURE);
+    await checkFigurePng(join(out, "heatmap_mlp"));
     ok((await Deno.readTextFile(join(out, "report.html"))).includes("<svg"));
     ok(!r.err.includes("\x1b["), "no escape codes on a pipe");
 
@@ -758,6 +735,7 @@ Deno.test("CLI dataset mode: summary JSON, the suggested layer stored per model 
         "summary.json",
         "aie_hidden.svg",
         "aie_mlp.png",
+        "aie_heatmaps.png",
         "aie_lines.svg",
         "report.html",
         "cases/0_mlp.json",
@@ -765,6 +743,7 @@ Deno.test("CLI dataset mode: summary JSON, the suggested layer stored per model 
     ) {
       ok((await Deno.stat(join(out, f))).isFile, f);
     }
+    await checkFigurePng(join(out, "aie_heatmaps"));
     const layer = await cli([...args, "--suggest-layer"], env);
     equal(layer.code, 0, layer.err);
     equal(layer.out.trim(), String(s.suggested_layer));

@@ -1,9 +1,9 @@
-// Pictures of traces: heatmaps in the paper's style (reference §1.7, §1.9) as SVG, PNG and ANSI text, the
+// Pictures of traces: heatmaps in the paper's style (reference §1.7, §1.9) as SVG and ANSI text, the
 // severed-path bar chart (§1.8), the AIE line plots with 95% bands (paper Fig. 7), and self-contained HTML
 // reports (inline SVG and CSS, a few lines of inline JS for the hover readout; no network). Runtime-neutral:
-// every function returns a string or bytes; writing files is the caller's job.
-import { colormap, type ColormapName, normalize, type Rgb, TAB10, toHex } from "./colormap.ts";
-import { Raster } from "./png.ts";
+// every function returns a string; PNGs are these SVGs rasterised by a function the caller hands in
+// (`Rasterise`), and writing files is the caller's job.
+import { colormap, type ColormapName, normalize, TAB10, toHex } from "./colormap.ts";
 import type { TraceKind } from "./trace.ts";
 
 export const KIND_COLORMAP: Readonly<Record<TraceKind, ColormapName>> = {
@@ -12,7 +12,17 @@ export const KIND_COLORMAP: Readonly<Record<TraceKind, ColormapName>> = {
   attn: "Reds",
 };
 
-const FONT = `font-family="Times New Roman, Times, serif"`;
+/**
+ * The typeface the figures name first, and the one a rasteriser must be given: Liberation Serif has the
+ * metrics of Times New Roman (the paper's figures), so the layout's text widths hold in either, and resvg
+ * draws no text at all unless a font it was given matches the SVG's font-family.
+ */
+export const FIGURE_FONT = "Liberation Serif";
+
+const FONT = `font-family="${FIGURE_FONT}, Times New Roman, Times, serif"`;
+
+/** SVG text → PNG bytes. tracing/ draws no pixels itself: a runtime edge supplies this (cli/figures.ts). */
+export type Rasterise = (svg: string) => Promise<Uint8Array>;
 
 export function escapeXml(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
@@ -63,8 +73,6 @@ export interface HeatmapSpec {
   /** rows × columns (tokens × layers, or categories × layers). */
   values: readonly (readonly number[])[];
   rowLabels: readonly string[];
-  /** Rows to mark (the corrupted subject tokens): the PNG has no text, so it draws a bar beside them. */
-  marked?: readonly boolean[];
   vmin: number;
   vmax: number;
   cmap: ColormapName;
@@ -164,34 +172,39 @@ export function heatmapSvg(spec: HeatmapSpec): string {
   return out.join("\n");
 }
 
+/** The width and height of a figure of this module (its root element's attributes, in SVG units). */
+export function svgSize(svg: string): [number, number] {
+  const size = /^<svg [^>]*?width="([\d.]+)" height="([\d.]+)"/.exec(svg);
+  if (!size) throw new Error("svgSize: not a figure with a width and height");
+  return [Number(size[1]), Number(size[2])];
+}
+
+/**
+ * Figures of this module side by side in one SVG (top-aligned, `gap` apart), each nested as it is. Their
+ * gradient ids differ already (hashed from title and colormap), so nesting needs no renaming.
+ */
+export function sideBySideSvg(svgs: readonly string[], gap = 24): string {
+  const parts: string[] = [];
+  let x = 0, height = 0;
+  for (const svg of svgs) {
+    const [w, h] = svgSize(svg);
+    if (parts.length) x += gap;
+    parts.push(svg.replace(/^<svg /, `<svg x="${x}" y="0" `));
+    x += w;
+    height = Math.max(height, h);
+  }
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${x}" height="${height}" viewBox="0 0 ${x} ${height}" ${FONT}>`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    ...parts,
+    `</svg>`,
+  ].join("\n");
+}
+
 function hashString(s: string): number {
   let h = 0;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
   return h;
-}
-
-/**
- * The heatmap as a PNG: cells and the colour bar only (no text renderer; labels live in the SVG and HTML).
- * Marked rows (subject tokens) get a dark bar in the left margin, standing in for the labels' stars.
- */
-export function heatmapPng(spec: HeatmapSpec, cell = 16): Promise<Uint8Array> {
-  const rows = spec.values.length, cols = spec.values[0]?.length ?? 0;
-  const margin = 8, marker = 5;
-  const px = margin + marker + 3, py = margin;
-  const ph = rows * cell, pw = cols * cell;
-  const cbx = px + pw + 10, cbw = 12;
-  const img = new Raster(cbx + cbw + margin, py + ph + margin);
-  const cm = colormap(spec.cmap);
-  for (let i = 0; i < rows; i++) {
-    if (spec.marked?.[i]) img.fillRect(margin, py + i * cell + 2, marker, cell - 4, [40, 40, 40]);
-    for (let j = 0; j < cols; j++) {
-      const v = spec.values[i][j];
-      const c: Rgb = Number.isFinite(v) ? cm.at(v, spec.vmin, spec.vmax) : [255, 255, 255];
-      img.fillRect(px + j * cell, py + i * cell, cell, cell, c);
-    }
-  }
-  for (let y = 0; y < ph; y++) img.fillRect(cbx, py + y, cbw, 1, cm.rgb(1 - (y + 0.5) / ph));
-  return img.encode();
 }
 
 // ------------------------------------------------------------------ terminal

@@ -1,6 +1,8 @@
 // What a trace run leaves behind, as named files (contents only: the caller writes them). Single prompt:
 // trace.json, heatmap_<kind>.svg/.png, report.html. Severed paths: severed.json/.svg, report.html. Dataset:
-// summary.json, aie_<kind>.svg/.png, aie_lines.svg, report.html. Runtime-neutral.
+// summary.json, aie_<kind>.svg/.png, aie_heatmaps.svg/.png (the kinds side by side), aie_lines.svg,
+// report.html. Runtime-neutral: the PNGs are the SVGs rasterised by the caller's `Rasterise`, and are left
+// out when none is given.
 import { type AieSummary, effectBand, TOKEN_CATEGORIES } from "./aggregate.ts";
 import {
   ansiHeatmap,
@@ -8,14 +10,15 @@ import {
   CATEGORY_COLORS,
   fmt,
   groupedBarsSvg,
-  heatmapPng,
   type HeatmapSpec,
   heatmapSvg,
   htmlPage,
   KIND_COLORMAP,
   linePanelsSvg,
+  type Rasterise,
   type Series,
   SEVERED_COLORS,
+  sideBySideSvg,
 } from "./render.ts";
 import type { TraceKind } from "./trace.ts";
 
@@ -59,12 +62,10 @@ export function tokenLabel(token: string, subject: boolean): string {
 /** The paper's single-prompt heatmap (§1.7): vmin = low_score, vmax = the data's max. */
 export function traceHeatmapSpec(r: TraceRecord): HeatmapSpec {
   const [b, e] = r.subject_range;
-  const marked = r.tokens.map((_, i) => i >= b && i < e);
-  const labels = r.tokens.map((t, i) => tokenLabel(t, marked[i]));
+  const labels = r.tokens.map((t, i) => tokenLabel(t, i >= b && i < e));
   return {
     values: r.scores,
     rowLabels: labels,
-    marked,
     vmin: r.low_score,
     vmax: autoVmax(r.scores, r.low_score),
     cmap: KIND_COLORMAP[r.kind],
@@ -106,17 +107,30 @@ const settingsFacts = (r: TraceRecord, info: TraceRunInfo): [string, string][] =
   ["model", info.model_hash],
 ];
 
+/** An SVG figure and, when there is a rasteriser, its PNG. */
+async function setFigure(
+  files: OutputFiles,
+  stem: string,
+  svg: string,
+  rasterise?: Rasterise,
+): Promise<void> {
+  files.set(`${stem}.svg`, svg);
+  if (rasterise) files.set(`${stem}.png`, await rasterise(svg));
+}
+
 /** trace.json (the record, or an array for several kinds, plus run info), heatmaps, report.html. */
-export async function traceFiles(records: readonly TraceRecord[], info: TraceRunInfo): Promise<OutputFiles> {
+export async function traceFiles(
+  records: readonly TraceRecord[],
+  info: TraceRunInfo,
+  rasterise?: Rasterise,
+): Promise<OutputFiles> {
   const files: OutputFiles = new Map();
   const withInfo = records.map((r) => ({ ...r, ...info }));
   files.set("trace.json", JSON.stringify(withInfo.length === 1 ? withInfo[0] : withInfo) + "\n");
   const figures: { caption: string; svg: string }[] = [];
   for (const r of records) {
-    const spec = traceHeatmapSpec(r);
-    const svg = heatmapSvg(spec);
-    files.set(`heatmap_${r.kind}.svg`, svg);
-    files.set(`heatmap_${r.kind}.png`, await heatmapPng(spec));
+    const svg = heatmapSvg(traceHeatmapSpec(r));
+    await setFigure(files, `heatmap_${r.kind}`, svg, rasterise);
     figures.push({ caption: `${r.kind}${r.kind === "hidden" ? "" : `, window ${r.window}`}`, svg });
   }
   const r0 = records[0];
@@ -295,17 +309,20 @@ export function factsSummaryRecord(
 export async function factsFiles(
   kinds: Partial<Record<TraceKind, AieSummary>>,
   record: FactsSummaryRecord,
+  rasterise?: Rasterise,
 ): Promise<OutputFiles> {
   const files: OutputFiles = new Map();
   files.set("summary.json", JSON.stringify(record) + "\n");
   const vmax = sharedAieVmax(kinds);
   const figures: { caption: string; svg: string }[] = [];
   for (const [kind, s] of Object.entries(kinds) as [TraceKind, AieSummary][]) {
-    const spec = aieHeatmapSpec(kind, s, vmax, record.window);
-    const svg = heatmapSvg(spec);
-    files.set(`aie_${kind}.svg`, svg);
-    files.set(`aie_${kind}.png`, await heatmapPng(spec));
+    const svg = heatmapSvg(aieHeatmapSpec(kind, s, vmax, record.window));
+    await setFigure(files, `aie_${kind}`, svg, rasterise);
     figures.push({ caption: `${kind}: ATE ${fmt(s.ate, 4)}`, svg });
+  }
+  // One picture of all kinds, as the paper (and the README) shows them.
+  if (figures.length > 1) {
+    await setFigure(files, "aie_heatmaps", sideBySideSvg(figures.map((f) => f.svg)), rasterise);
   }
   const lines = aieLinesSvg(kinds, record.window);
   files.set("aie_lines.svg", lines);
