@@ -4,6 +4,7 @@
 // (`zsre_mend_eval.json`, MEND's split), converted to requests as dsets/zsre.py does. Runtime-neutral:
 // JSON values in, checked records out; a DatasetError names the file, the record and the field.
 import { InputError } from "../engine/errors.ts";
+import type { CounterFactCase } from "../rome/cases.ts";
 
 export class DatasetError extends InputError {
   override name = "DatasetError";
@@ -59,14 +60,8 @@ export interface ZsreRawRecord {
 export interface ZsreRecord {
   /** The record's index in the file. */
   case_id: number;
-  requested_rewrite: {
-    /** src with the subject replaced by "{}". */
-    prompt: string;
-    subject: string;
-    target_new: { str: string };
-    /** "<|endoftext|>", as the reference (unused). */
-    target_true: { str: string };
-  };
+  /** prompt: src with the subject replaced by "{}"; target_true: "<|endoftext|>", as the reference (unused). */
+  requested_rewrite: CounterFactCase["requested_rewrite"];
   paraphrase_prompts: string[];
   /** The NQ question and its answer; the per-token prompts need the tokenizer (zsreNeighbourhood). */
   loc: string;

@@ -386,16 +386,14 @@ export function logEntry(p: RomePatch, file: string): EditsLogEntry {
   };
 }
 
+/** A check of `patch` against the model it would change (its matrix hash `current`, its edits log); throws PatchError. */
+type PatchCheck = (p: RomePatch, current: string, log: EditsLog | undefined, modelHash: string) => void;
+
 /**
  * Whether `patch` may be applied to a model whose matrix has hash `current`: the matrix must be exactly
  * the one the patch was made from. Throws PatchError explaining the mismatch.
  */
-export function checkApply(
-  p: RomePatch,
-  current: string,
-  log: EditsLog | undefined,
-  modelHash: string,
-): void {
+export const checkApply: PatchCheck = (p, current, log, modelHash) => {
   const m = p.meta;
   if (log?.edits.some((e) => e.id === m.id)) {
     throw new PatchError(
@@ -408,19 +406,14 @@ export function checkApply(
         `(model ${m.model_hash_before}); this model's ${m.matrix} has hash ${current} (model ${modelHash})`,
     );
   }
-}
+};
 
 /**
  * Whether `patch` may be reverted from a model whose matrix has hash `current`. Reverting out of order is
  * refused when a later patch touched the same matrix (its XOR was taken against the words this one
  * produced); patches on other matrices commute, so reverting past them is allowed.
  */
-export function checkRevert(
-  p: RomePatch,
-  current: string,
-  log: EditsLog | undefined,
-  modelHash: string,
-): void {
+export const checkRevert: PatchCheck = (p, current, log, modelHash) => {
   const m = p.meta;
   const at = log?.edits.findIndex((e) => e.id === m.id) ?? -1;
   if (at >= 0) {
@@ -438,4 +431,4 @@ export function checkRevert(
         `the patch leaves hash ${m.matrix_hash_after}`,
     );
   }
-}
+};
