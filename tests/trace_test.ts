@@ -35,7 +35,7 @@ import { type CaseRecord, type CaseStore, summarizeFacts, traceFacts } from "../
 import { Colormap, LUT_SIZE, parseHex } from "../tracing/colormap.ts";
 import { encodePng, PNG_SIGNATURE, zlibInflate } from "../tracing/png.ts";
 import { ansiHeatmap, heatmapSvg } from "../tracing/render.ts";
-import { readSuggestedLayer } from "../cli.ts";
+import { readSuggestedLayer } from "../cli/cache.ts";
 
 const engine = await testEngine();
 
