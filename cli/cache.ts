@@ -17,7 +17,7 @@ export function romeCacheDir(hash: string): string {
   return join(root, "rome-webgpu", hash);
 }
 
-/** `<cache>/<hash>/suggested_layer.json`: where `trace --facts` stores its suggestion and `edit --layer auto` looks. */
+/** `<cache>/<hash>/suggested_layer.json`: where `trace --facts` stores the layer `edit --layer auto` uses. */
 export function suggestedLayerPath(hash: string): string {
   return join(romeCacheDir(hash), "suggested_layer.json");
 }

@@ -39,8 +39,10 @@ import { readJsonFile } from "./files.ts";
 import { BUNDLED_MODEL, loadModel, modelDir } from "./open.ts";
 import { fmtSeconds, Progress } from "./progress.ts";
 
-/** The bundled world's known facts: the default --facts, and the subjects whose embedding std sets the noise
- * level when neither --subjects nor --facts says otherwise. */
+/**
+ * The bundled world's known facts: the default --facts, and the subjects whose embedding std sets the noise
+ * level when neither --subjects nor --facts says otherwise.
+ */
 const BUNDLED_FACTS = fileURLToPath(new URL("../data/world/known_facts.json", import.meta.url));
 
 const TRACE_USAGE = `deno task trace [--model DIR] --prompt TEXT --subject TEXT [--expect TEXT] [--force]

@@ -39,7 +39,7 @@ export interface RomeChoice {
 export interface SecondMomentSource<S extends SecondMoment> {
   /** C at the edit layer; the caller owns (and disposes) what it returns. */
   load(layer: number): Promise<S>;
-  /** Called instead of `load` when the hparams use no C (mom2_adjustment false): refuse what asked for one. */
+  /** Called instead of `load` when the hparams use no C (mom2_adjustment false): refuse what asked for C. */
   unused?(): void;
 }
 
