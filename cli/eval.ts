@@ -46,7 +46,7 @@ import { checkLayer } from "../rome/compute.ts";
 import { intOption, MAX_SEED, MODEL_OPTION, parseCommand, UsageError } from "./args.ts";
 import { romeCacheDir } from "./cache.ts";
 import { baseModelHash } from "./edited_folder.ts";
-import { readBytes, readJsonFile } from "./files.ts";
+import { readBytes, readJsonFile, sha16 } from "./files.ts";
 import { refuseStatsOptions, statsRequest } from "./layer_stats.ts";
 import { loadModel, modelDir } from "./open.ts";
 import { fmtSeconds, Progress } from "./progress.ts";
@@ -103,13 +103,6 @@ const EVAL_OPTIONS = {
   "generation-length": { type: "string" },
   merge: { type: "boolean" },
 } as const;
-
-/** First 16 hex digits of the SHA-256 of bytes or text. */
-async function sha16(data: Uint8Array | string): Promise<string> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : new Uint8Array(data);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 export async function cmdEval(args: string[]): Promise<void> {
   const { values, positionals } = parseCommand(args, EVAL_OPTIONS, EVAL_USAGE, true);

@@ -27,7 +27,7 @@ import {
 } from "../rome/stats.ts";
 import { intOption, UsageError } from "./args.ts";
 import { romeCacheDir } from "./cache.ts";
-import { isFile, readBytes } from "./files.ts";
+import { isFile, readBytes, sha16 } from "./files.ts";
 import { Progress } from "./progress.ts";
 
 /** Text the statistics C are taken over unless --corpus says otherwise: the bundled model's training corpus. */
@@ -78,12 +78,7 @@ async function readStatsCorpus(path: string): Promise<Corpus> {
   const all = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
   let at = 0;
   for (const p of parts) (all.set(p, at), at += p.byteLength);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
-  return {
-    path,
-    texts,
-    hash: Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join(""),
-  };
+  return { path, texts, hash: await sha16(all) };
 }
 
 function tokenizedCorpus(corpus: Corpus, tokenizer: Gpt2Tokenizer): CorpusDocuments {
