@@ -401,6 +401,23 @@ export async function writeFileAtomic(
   await syncDir(dirname(path));
 }
 
+/**
+ * Puts the complete folder `staged` in place of `dir` by renames: the old `dir` (if any) is moved aside to
+ * `<dir>.old-*` first and removed last, so a crash leaves the old folder or the new one, never a mix.
+ * `label` names the kill points (`<label>:moved-aside`, `<label>:swapped`) the crash tests stop at.
+ */
+export async function replaceFolder(staged: string, dir: string, label: string): Promise<void> {
+  let old: string | undefined;
+  if (exists(dir)) {
+    old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.rename(dir, old);
+    killPoint(`${label}:moved-aside`, old);
+  }
+  await Deno.rename(staged, dir);
+  if (old) killPoint(`${label}:swapped`, dir);
+  if (old) await Deno.remove(old, { recursive: true });
+}
+
 /** Best effort: directories cannot be opened for fsync on every platform (e.g. Windows). */
 async function syncDir(dir: string): Promise<void> {
   let d: Deno.FsFile | undefined;

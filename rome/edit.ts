@@ -1,6 +1,6 @@
 // One ROME edit end to end (reference §2.9): k̄ and u, v*, the rank-one update, and what a patch file
-// needs (the XOR of the matrix before and after, and its hashes). Runtime-neutral: the CLI (cli.ts) and a
-// browser page call the same function.
+// needs (the XOR of the matrix before and after, and its hashes). Runtime-neutral: the CLI (cli/edit.ts) and
+// a browser page call the same function.
 //
 // Variants (reference §2.7 / §2.10):
 //   "rome"   the reference: u from the prefix-averaged k̄, but Λ's denominator and residual use the bare

@@ -338,3 +338,11 @@ export function splitCorpus(text: string): string[] {
   end();
   return docs;
 }
+
+/** Mean of C's diagonal, C = Σ k kᵀ / count (E[k_i²] averaged over i): the scale --damping is given in. */
+export function meanDiagonal(mom2: Float32Array, count: number): number {
+  const n = Math.round(Math.sqrt(mom2.length));
+  let t = 0;
+  for (let i = 0; i < n; i++) t += mom2[i * n + i];
+  return t / count / n;
+}

@@ -6,31 +6,10 @@
 import { deepEqual, equal, match, notEqual, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { encodeSecondMoment } from "../rome/stats.ts";
+import { cli, messageLines, ROOT, run } from "./cli_process.ts";
 import { TINY_CONFIG, tinyCorpusText, tinyVocab, writeTinyModel } from "./fixtures.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-const CLI = join(ROOT, "cli.ts");
 const KNOWN_FACTS = join(ROOT, "data/world/known_facts.json");
-
-async function run(args: string[], env: Record<string, string>) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: ROOT,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
-
-const cli = (args: string[], env: Record<string, string>) => run(["run", "-A", CLI, ...args], env);
-
-/** stderr without Mesa's notes and the model-loading progress lines of the cases that load a model. */
-function messageLines(err: string): string[] {
-  return err.split("\n").filter((l) =>
-    l.trim() !== "" && !/mesa|lavapipe/i.test(l) && !/^loading .* \d+\/\d+ \d+%/.test(l)
-  );
-}
 
 /** The corpus hash readStatsCorpus computes for one file: SHA-256 of its bytes and a 0 byte, 16 hex digits. */
 async function corpusHash(path: string): Promise<string> {

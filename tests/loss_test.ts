@@ -194,7 +194,7 @@ Deno.test("crossEntropy: weight-0 rows give exactly 0 loss and gradient, even wi
 
 // ---------------------------------------------------------------- KL divergence
 
-Deno.test("klDivergence vs float64 on AWKWARD n x V, with and without upstream g", async () => {
+Deno.test("klDivergenceRefModel (KL(p0‖p)) vs float64 on AWKWARD n x V, with and without upstream g", async () => {
   let worstLoss = 0, worstGrad = 0;
   for (const n of [1, 3, 17]) {
     for (const V of [...AWKWARD, 768]) {
@@ -220,11 +220,13 @@ Deno.test("klDivergence vs float64 on AWKWARD n x V, with and without upstream g
     }
   }
   console.log(
-    `klDivergence max abs error: loss ${worstLoss.toExponential(2)}, dlogits ${worstGrad.toExponential(2)}`,
+    `klDivergenceRefModel max abs error: loss ${worstLoss.toExponential(2)}, dlogits ${
+      worstGrad.toExponential(2)
+    }`,
   );
 });
 
-Deno.test("klDivergence gradient vs float64 central differences; zero at p_new = p0; p0 = 0 terms count 0", async () => {
+Deno.test("klDivergenceRefModel (KL(p0‖p)) gradient vs float64 central differences; zero at p_new = p0; p0 = 0 terms count 0", async () => {
   let worst = 0;
   for (const [n, V] of [[3, 17], [2, 5], [2, 63]]) {
     const L = randn(n * V, 2 * n + V, 2), LP0 = refLogProbs(n, V, n * V + 1), G = randn(n, V + 2);
@@ -242,7 +244,7 @@ Deno.test("klDivergence gradient vs float64 central differences; zero at p_new =
       assertClose(got, fd, { atol: 1e-4 * scale }, `dlogits [${n}, ${V}] vs FD`).maxAbs / scale,
     );
   }
-  console.log(`klDivergence max |dlogits - FD| / max|FD|: ${worst.toExponential(2)}`);
+  console.log(`klDivergenceRefModel max |dlogits - FD| / max|FD|: ${worst.toExponential(2)}`);
   // p_new = p0 (the new logits are the reference log-probabilities shifted by a per-row constant)
   const n = 2, V = 257, LP0 = refLogProbs(n, V, 4);
   const shifted = Float32Array.from(LP0, (v, i) => v + (i < V ? 5 : -3));
@@ -254,7 +256,7 @@ Deno.test("klDivergence gradient vs float64 central differences; zero at p_new =
   assertClose(grad, new Float64Array(n * V), { atol: 1e-7 }, "grad at p_new = p0");
 });
 
-Deno.test("klDivergence over GPT-2's 50257-wide vocabulary rows", async () => {
+Deno.test("klDivergenceRefModel (KL(p0‖p)) over GPT-2's 50257-wide vocabulary rows", async () => {
   const n = 2, V = 50257;
   const L = offsetLogits(n, V, 21, 3), LP0 = refLogProbs(n, V, 22);
   const [loss, grad] = await engine.scopeAsync(async () => {

@@ -223,7 +223,7 @@ Deno.test("CLI: an edited-model save killed (SIGKILL) at random moments leaves a
       import { getEngine } from "${new URL("../engine/engine.ts", import.meta.url)}";
       import { loadGpt2Folder } from "${new URL("../engine/gpt2/folder.ts", import.meta.url)}";
       import { randomGpt2Weights } from "${new URL("./gpt2_reference.ts", import.meta.url)}";
-      import { saveEditedFolder } from "${new URL("../cli.ts", import.meta.url)}";
+      import { saveEditedFolder } from "${new URL("../cli/edited_folder.ts", import.meta.url)}";
       const e = await getEngine();
       const { model } = await loadGpt2Folder(e, ${JSON.stringify(src)});
       const names = [...model.weights.keys()];

@@ -35,7 +35,7 @@ import { Colormap, LUT_SIZE, parseHex } from "../tracing/colormap.ts";
 import { decode as decodePng } from "fast-png";
 import { FIGURE_SCALE } from "../cli/figures.ts";
 import { ansiHeatmap, heatmapSvg, svgSize } from "../tracing/render.ts";
-import { readSuggestedLayer } from "../cli.ts";
+import { readSuggestedLayer } from "../cli/cache.ts";
 
 const engine = await testEngine();
 

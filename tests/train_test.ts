@@ -1,5 +1,5 @@
 import { deepStrictEqual, ok } from "node:assert/strict";
-import { train } from "../cli.ts";
+import { train } from "../cli/train.ts";
 import { readSafetensorsFile } from "../engine/files.ts";
 import { initGpt2Weights, learningRate, packDocuments } from "../engine/gpt2/train.ts";
 import { TINY_CONFIG, tinyVocab } from "./fixtures.ts";

@@ -1,6 +1,6 @@
 // Fact files in the format of ROME's `known_1000.json` (reference §1.1): an array of records with
 // `known_id`, `subject`, `attribute`, `prompt` (and `template`, `prediction`, `relation_id`, unused here).
-// Parsing only; reading the file is the caller's business (cli.ts on Deno, fetch in a browser).
+// Parsing only; reading the file is the caller's business (cli/trace.ts on Deno, fetch in a browser).
 import { InputError } from "../engine/errors.ts";
 
 export interface KnownFact {

@@ -5,7 +5,6 @@
 import { type Engine, getEngine } from "../engine/engine.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { findSubjectRange, type Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
-import type { Tensor } from "../engine/tensor.ts";
 import { parseCounterFact } from "../eval/datasets.ts";
 import { type CounterFactCase, counterFactEdit } from "../rome/cases.ts";
 import { executeRome, type RomeVariant } from "../rome/edit.ts";
@@ -18,6 +17,7 @@ import {
 import { defaultHparams, type RomeHparams } from "../rome/hparams.ts";
 import { xorMatrix } from "../rome/patch.ts";
 import { normalizeRequest, type RequestInput, type RomeRequest } from "../rome/request.ts";
+import { DEFAULT_VARIANT, type SecondMoment, setUpRome } from "../rome/setup.ts";
 import { decodeSecondMoment, shippedStatsFile, statsFitModel, uploadSecondMoment } from "../rome/stats.ts";
 import { DEFAULT_TEMPLATE_SEED, generateContextTemplates } from "../rome/templates.ts";
 import { type KnownFact, parseKnownFacts, parseSubjects } from "../tracing/facts.ts";
@@ -40,8 +40,8 @@ export const MODEL_URL = "model/";
 export const KNOWN_FACTS_URL = "data/known_facts.json";
 export const COUNTERFACT_URL = "data/counterfact.json";
 
-/** The CLI's default `--variant` (its other defaults are imported from tracing/ and rome/). */
-const VARIANT: RomeVariant = "rome";
+/** The CLI's default `--variant` (its other defaults are imported from tracing/ and rome/ too). */
+const VARIANT: RomeVariant = DEFAULT_VARIANT;
 
 export type LoadStage = "weights" | "gpu" | "facts" | "noise";
 export type LoadProgress = (stage: LoadStage, done: number, total: number) => void;
@@ -82,7 +82,7 @@ export interface TraceRun {
 export class Session {
   readonly #edits: { matrix: string; xor: Uint32Array }[] = [];
   #templates: Promise<string[]> | undefined;
-  readonly #stats = new Map<number, Promise<{ C: Tensor; count: number }>>();
+  readonly #stats = new Map<number, Promise<SecondMoment>>();
 
   private constructor(
     readonly engine: Engine,
@@ -183,10 +183,14 @@ export class Session {
   ): Promise<EditRun> {
     const t0 = performance.now();
     const request = normalizeRequest(input);
-    const hp = this.hparams, layer = this.editLayer;
+    const hp = this.hparams;
     // C first: a folder without statistics fails at once, not after the measurements
     onStage("stats");
-    const stats = hp.mom2_adjustment ? await this.#secondMoment(layer) : null;
+    const { layer, variant, secondMoment: stats } = await setUpRome(
+      this.model,
+      { hparams: hp, layer: this.editLayer, variant: VARIANT },
+      { load: (layer) => this.#secondMoment(layer) },
+    );
     onStage("pre");
     const opts = { generationTokens: DEFAULT_GENERATION_TOKENS };
     const pre = await evaluateRequest(this.model, this.tokenizer, request, prompts, opts);
@@ -201,7 +205,7 @@ export class Session {
     const edit = await executeRome(this.model, this.tokenizer, request, {
       hparams: hp,
       layer,
-      variant: VARIANT,
+      variant,
       templates,
       secondMoment: stats,
       onStage: (s) => onStage(s),
@@ -214,7 +218,7 @@ export class Session {
       request,
       caseId,
       layer,
-      variant: VARIANT,
+      variant,
       hparams: this.hparamsSource,
       pre,
       post,
@@ -237,7 +241,7 @@ export class Session {
   }
 
   /** C at `layer` from the model folder's shipped statistics (the only source a page has), kept on the GPU. */
-  #secondMoment(layer: number): Promise<{ C: Tensor; count: number }> {
+  #secondMoment(layer: number): Promise<SecondMoment> {
     let p = this.#stats.get(layer);
     if (!p) {
       p = this.#loadSecondMoment(layer);
@@ -247,7 +251,7 @@ export class Session {
     return p;
   }
 
-  async #loadSecondMoment(layer: number): Promise<{ C: Tensor; count: number }> {
+  async #loadSecondMoment(layer: number): Promise<SecondMoment> {
     const file = shippedStatsFile(layer);
     const url = MODEL_URL + file;
     let bytes: Uint8Array;

@@ -6,6 +6,7 @@ import {
   exists,
   killPoint,
   readShardedSafetensors,
+  replaceFolder,
   writeSafetensorsFile,
 } from "../files.ts";
 import { gpt2ConfigJson, parseGpt2Config } from "./config.ts";
@@ -120,15 +121,7 @@ export async function saveGpt2Folder(dir: string, model: Gpt2Model, opts: SaveOp
       else await Deno.writeFile(`${tmp}/${file}`, contents);
     }
     killPoint("folder:staged", tmp);
-    let old: string | undefined;
-    if (exists(dir)) {
-      old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
-      await Deno.rename(dir, old);
-      killPoint("folder:moved-aside", old);
-    }
-    await Deno.rename(tmp, dir);
-    if (old) killPoint("folder:swapped", dir);
-    if (old) await Deno.remove(old, { recursive: true });
+    await replaceFolder(tmp, dir, "folder");
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;

@@ -115,7 +115,7 @@ export function launchKlDivergenceRefModel(
   logitsNew: Tensor,
   logProbsRef: Tensor,
 ): KlDivergenceRefModelResult {
-  const what = "klDivergence";
+  const what = "klDivergenceRefModel";
   const { n, V } = logitRows(what, logitsNew);
   assertF32(what, logProbsRef);
   if (logProbsRef.rank !== 2 || logProbsRef.shape[0] !== n || logProbsRef.shape[1] !== V) {
@@ -175,14 +175,14 @@ export function crossEntropyBackward(
   return out;
 }
 
-/** The gradient of `klDivergence` w.r.t. the new logits, from the forward's inputs and `saved` rows. */
+/** The gradient of `launchKlDivergenceRefModel` w.r.t. the new logits, from the forward's inputs and `saved` rows. */
 export function klDivergenceRefModelBackward(
   logitsNew: Tensor,
   logProbsRef: Tensor,
   saved: Tensor,
   g?: Tensor,
 ): Tensor {
-  const what = "klDivergence";
+  const what = "klDivergenceRefModel";
   const { n, V } = logitRows(what, logitsNew);
   const e = logitsNew.engine;
   checkUpstream(what, g, n);
