@@ -7,7 +7,7 @@ import { attentionBackward, launchAttention } from "../engine/launch/attention.t
 import { castF16ToF32, castF32ToF16, copyRows } from "../engine/launch/copy.ts";
 import { launchGatherRows, scatterAddRows } from "../engine/launch/gather.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { randInt, randn } from "../tests/util.ts";
+import { randInt, randn } from "../tests/lib/util.ts";
 import { bestTimeGpu, isSoftwareAdapter, runAlone } from "./util.ts";
 
 /** Packed q|k|v [B, T, 3C] with ragged lengths, an output gradient, and the forward's saved probabilities. */

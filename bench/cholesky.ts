@@ -5,7 +5,7 @@
 // GFLOPS count the factor's n³/3 over the factor + solve time (the solves add 2n²·r, negligible).
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { cholesky, choleskySolve, choleskySolveChecked } from "../engine/ops.ts";
-import { keyModel } from "../tests/util.ts";
+import { keyModel } from "../tests/lib/util.ts";
 import { runAlone } from "./util.ts";
 
 /** Second moment of keys (tests' keyModel with 32 directions) in f32, and one fresh key. */

@@ -17,7 +17,7 @@ import { defaultHparams, type RomeHparams } from "../rome/hparams.ts";
 import { normalizeRequest, type RomeRequest } from "../rome/request.ts";
 import { secondMomentMatrix, secondMomentStats, splitCorpus } from "../rome/stats.ts";
 import { generateContextTemplates } from "../rome/templates.ts";
-import { GPT2_SMALL } from "../tests/fixtures.ts";
+import { GPT2_SMALL } from "../tests/lib/fixtures.ts";
 import { randomGpt2Model } from "./util.ts";
 
 const WORLD = new URL("../data/world/", import.meta.url);

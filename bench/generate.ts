@@ -7,7 +7,7 @@ import { type Engine, getEngine } from "../engine/engine.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
 import { generate, nextTokenLogprobs, topK } from "../engine/gpt2/generate.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
-import { GPT2_SMALL } from "../tests/fixtures.ts";
+import { GPT2_SMALL } from "../tests/lib/fixtures.ts";
 import { randomGpt2Model, runAlone } from "./util.ts";
 
 const BUNDLED = new URL("../models/world-gpt2", import.meta.url).pathname;

@@ -5,7 +5,7 @@ import { type Engine, getEngine } from "../engine/engine.ts";
 import { type Gpt2Config, parameterCount } from "../engine/gpt2/config.ts";
 import { buildGpt2 } from "../engine/gpt2/load.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
-import { GPT2_SMALL } from "../tests/fixtures.ts";
+import { GPT2_SMALL } from "../tests/lib/fixtures.ts";
 import { runAlone } from "./util.ts";
 
 function randomWeights(c: Gpt2Config) {

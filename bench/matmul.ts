@@ -4,7 +4,7 @@
 // each beside a plain single-threaded TypeScript matmul on the same inputs.
 import { type Engine, getEngine } from "../engine/engine.ts";
 import { launchMatmul } from "../engine/launch/matmul.ts";
-import { randn } from "../tests/util.ts";
+import { randn } from "../tests/lib/util.ts";
 import { bestTimeGpu, isSoftwareAdapter, runAlone } from "./util.ts";
 
 interface Shape {

@@ -7,7 +7,7 @@ import { type Engine, getEngine } from "../engine/engine.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { BasePass, TRACE_KINDS, traceCells, type TraceKind, traceKind } from "../tracing/trace.ts";
-import { GPT2_SMALL } from "../tests/fixtures.ts";
+import { GPT2_SMALL } from "../tests/lib/fixtures.ts";
 import { randomGpt2Model, runAlone } from "./util.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
 

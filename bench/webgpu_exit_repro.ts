@@ -1,5 +1,5 @@
 // A minimal reproduction, with no code of ours, of the abort at exit that made `deno test` fail about one
-// run in 7-15 after every test passed (issue #16; the reason tests/run.ts runs the tests on the main
+// run in 7-15 after every test passed (issue #16; the reason tests/lib/run.ts runs the tests on the main
 // thread). WebGPU used from a thread other than the main one (a Web Worker, or `deno test`'s module
 // thread), then that thread torn down: the process later dies in exit() with a glibc heap message
 // ("double free or corruption", "corrupted size vs. prev_size in fastbins") or a segfault in an exit

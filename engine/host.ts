@@ -1,4 +1,4 @@
-// Facts about the machine the Deno edges (cli.ts and cli/, tests/run.ts, tests and benches) need before the
+// Facts about the machine the Deno edges (cli.ts and cli/, tests/lib/run.ts, tests and benches) need before the
 // first adapter request: whether any Vulkan driver is installed, and a runtime folder that keeps Mesa quiet.
 // Deno only; the browser build never imports this file.
 import { join } from "node:path";

@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:as
 import { Engine } from "../engine/engine.ts";
 import { attentionBackward, launchAttention } from "../engine/launch/attention.ts";
 import { ATTN_TILES } from "../kernels/attention.ts";
-import { assertClose, randn, testEngine } from "./util.ts";
+import { assertClose, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

@@ -5,10 +5,10 @@ import { Tape } from "../engine/autograd.ts";
 import * as op from "../engine/ops.ts";
 import { buildGpt2 } from "../engine/gpt2/load.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
-import { gradCheck, type GradInput } from "./gradcheck.ts";
-import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
-import { TINY_CONFIG } from "./fixtures.ts";
-import { randn, testEngine } from "./util.ts";
+import { gradCheck, type GradInput } from "./lib/gradcheck.ts";
+import { randomGpt2Weights, referenceForward } from "./lib/gpt2_reference.ts";
+import { TINY_CONFIG } from "./lib/fixtures.ts";
+import { randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 const TOL = 1e-3;

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { countWords, preTokenize, trainBpe } from "../engine/gpt2/bpe_train.ts";
 import { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
-import { rng } from "./util.ts";
+import { rng } from "./lib/util.ts";
 
 const EOT = "<|endoftext|>";
 

@@ -12,7 +12,7 @@ import {
   NotPositiveDefiniteError,
   triangularSolve,
 } from "../engine/launch/linalg.ts";
-import { AWKWARD, gaussian, keyModel, randn, testEngine } from "./util.ts";
+import { AWKWARD, gaussian, keyModel, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 const VERBOSE = Deno.env.get("CHOLESKY_VERBOSE") === "1";

@@ -2,7 +2,7 @@
 // with one error line, exit code 2 (the usage follows it, no stack trace). No command reaches the GPU here.
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { COMMANDS } from "../cli.ts";
-import { cli } from "./cli_process.ts";
+import { cli } from "./lib/cli_process.ts";
 
 const names = Object.keys(COMMANDS);
 

@@ -6,8 +6,8 @@
 import { deepEqual, equal, match, notEqual, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { encodeSecondMoment } from "../rome/stats.ts";
-import { cli, messageLines, ROOT, run } from "./cli_process.ts";
-import { TINY_CONFIG, tinyCorpusText, tinyVocab, writeTinyModel } from "./fixtures.ts";
+import { cli, messageLines, ROOT, run } from "./lib/cli_process.ts";
+import { TINY_CONFIG, tinyCorpusText, tinyVocab, writeTinyModel } from "./lib/fixtures.ts";
 
 const KNOWN_FACTS = join(ROOT, "data/world/known_facts.json");
 

@@ -12,7 +12,7 @@ import {
   sliceCols,
 } from "../engine/launch/copy.ts";
 import { rowChunks } from "../engine/chunks.ts";
-import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

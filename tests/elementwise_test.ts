@@ -1,5 +1,5 @@
 import { axpy, launchAdd, launchMul, launchScale, launchSub } from "../engine/launch/elementwise.ts";
-import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

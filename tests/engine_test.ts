@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
 import { bucketSize } from "../engine/pool.ts";
-import { randn, testEngine } from "./util.ts";
+import { randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

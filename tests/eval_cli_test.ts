@@ -3,8 +3,8 @@
 // shards merged back into the unsharded summary, a zsRE file, and one-line refusals.
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { TINY_CONFIG, writeTinyModel } from "./fixtures.ts";
-import { runCli } from "./util.ts";
+import { TINY_CONFIG, writeTinyModel } from "./lib/fixtures.ts";
+import { runCli } from "./lib/util.ts";
 
 function record(id: number, subject: string, tnew: string, ttrue: string) {
   return {

@@ -19,9 +19,9 @@ import { type CaseResult, type CounterFactMetrics, type RunIdentity, summarize }
 import { fineTuneMethod, romeMethod } from "../eval/methods.ts";
 import { EvalInputError, generateTexts, perplexity, targetNlls } from "../eval/probes.ts";
 import { TfidfVectorizer } from "../eval/text.ts";
-import { TINY_CONFIG, tinyVocab } from "./fixtures.ts";
-import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
-import { randn, testEngine } from "./util.ts";
+import { TINY_CONFIG, tinyVocab } from "./lib/fixtures.ts";
+import { randomGpt2Weights, referenceForward } from "./lib/gpt2_reference.ts";
+import { randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 const CONFIG: Gpt2Config = { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions: 48 };

@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:as
 import { Engine } from "../engine/engine.ts";
 import { rowChunks } from "../engine/chunks.ts";
 import { launchAddPositions, launchGatherRows, scatterAddRows } from "../engine/launch/gather.ts";
-import { assertClose, AWKWARD, randInt, randn, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randInt, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

@@ -5,9 +5,9 @@ import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { type Hook, type Pos } from "../engine/gpt2/hooks.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { logSoftmaxRow } from "../engine/gpt2/generate.ts";
-import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
-import { GPT2_SMALL, TINY_CONFIG, writeTinyModel } from "./fixtures.ts";
-import { assertClose, randn, testEngine } from "./util.ts";
+import { randomGpt2Weights, referenceForward } from "./lib/gpt2_reference.ts";
+import { GPT2_SMALL, TINY_CONFIG, writeTinyModel } from "./lib/fixtures.ts";
+import { assertClose, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 const PROMPTS = [[5, 104, 263, 32, 7, 99, 258], [40, 41], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]];

@@ -16,8 +16,8 @@ import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { decodePatch } from "../rome/patch.ts";
 import { decodeSecondMoment } from "../rome/stats.ts";
-import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
-import { randomGpt2Weights } from "./gpt2_reference.ts";
+import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./lib/fixtures.ts";
+import { randomGpt2Weights } from "./lib/gpt2_reference.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const CONFIG: Gpt2Config = { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions: 96 };

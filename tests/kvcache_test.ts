@@ -14,9 +14,9 @@ import { decodeStep, newKvCache } from "../engine/gpt2/decode.ts";
 import { generate, nextTokenLogprobs, topK } from "../engine/gpt2/generate.ts";
 import { mulberry32 } from "../engine/random.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
-import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
-import { TINY_CONFIG } from "./fixtures.ts";
-import { assertClose, randn, testEngine } from "./util.ts";
+import { randomGpt2Weights, referenceForward } from "./lib/gpt2_reference.ts";
+import { TINY_CONFIG } from "./lib/fixtures.ts";
+import { assertClose, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows }
 import { Engine } from "../engine/engine.ts";
 import { launchLayerNorm, LAYERNORM_ROWTHREAD_MAX_C, layerNormBackward } from "../engine/launch/nn.ts";
 import { rowChunks } from "../engine/chunks.ts";
-import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 const EPS = 1e-5;

@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows }
 import { Engine } from "../engine/engine.ts";
 import { rowChunks } from "../engine/chunks.ts";
 import { launchCrossEntropy, launchKlDivergenceRefModel } from "../engine/launch/loss.ts";
-import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randInt, randn, rng, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import { Engine } from "../engine/engine.ts";
 import { type GemmProblem, launchMatmul, type MatmulOptions, planGemm } from "../engine/launch/matmul.ts";
-import { assertClose, AWKWARD, randn, rng, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randn, rng, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

@@ -9,7 +9,7 @@ import {
   softmax,
 } from "../engine/launch/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

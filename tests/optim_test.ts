@@ -3,7 +3,7 @@ import { Engine } from "../engine/engine.ts";
 import { rowChunks } from "../engine/chunks.ts";
 import { Adam, type AdamOptions, clipGradNorm, Sgd, type SgdOptions } from "../engine/optim.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

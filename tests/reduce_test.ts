@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:as
 import { Engine } from "../engine/engine.ts";
 import { argmax, max, mean, sum } from "../engine/launch/reduce.ts";
 import { SEGMENT } from "../kernels/reduce.ts";
-import { assertClose, AWKWARD, randn, testEngine } from "./util.ts";
+import { assertClose, AWKWARD, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

@@ -6,9 +6,9 @@ import { join } from "node:path";
 import { readSafetensorsFile, writeSafetensorsFile } from "../engine/files.ts";
 import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
-import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./fixtures.ts";
-import { runCli } from "./util.ts";
-import { randomGpt2Weights } from "./gpt2_reference.ts";
+import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./lib/fixtures.ts";
+import { runCli } from "./lib/util.ts";
+import { randomGpt2Weights } from "./lib/gpt2_reference.ts";
 
 const CONFIG: Gpt2Config = { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions: 96 };
 
@@ -222,7 +222,7 @@ Deno.test("CLI: an edited-model save killed (SIGKILL) at random moments leaves a
     const child = `
       import { getEngine } from "${new URL("../engine/engine.ts", import.meta.url)}";
       import { loadGpt2Folder } from "${new URL("../engine/gpt2/folder.ts", import.meta.url)}";
-      import { randomGpt2Weights } from "${new URL("./gpt2_reference.ts", import.meta.url)}";
+      import { randomGpt2Weights } from "${new URL("./lib/gpt2_reference.ts", import.meta.url)}";
       import { saveEditedFolder } from "${new URL("../cli/edited_folder.ts", import.meta.url)}";
       const e = await getEngine();
       const { model } = await loadGpt2Folder(e, ${JSON.stringify(src)});

@@ -3,8 +3,8 @@
 import { deepEqual, ok } from "node:assert/strict";
 import { Tape } from "../engine/autograd.ts";
 import { klDivergenceModelRef, norm, sumAll } from "../engine/ops.ts";
-import { gradCheck } from "./gradcheck.ts";
-import { assertClose, randn, testEngine } from "./util.ts";
+import { gradCheck } from "./lib/gradcheck.ts";
+import { assertClose, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

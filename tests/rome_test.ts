@@ -52,9 +52,9 @@ import {
   StatsInterrupted,
 } from "../rome/stats.ts";
 import { generateContextTemplates } from "../rome/templates.ts";
-import { TINY_CONFIG, tinyVocab } from "./fixtures.ts";
-import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
-import { assertClose, randInt, testEngine } from "./util.ts";
+import { TINY_CONFIG, tinyVocab } from "./lib/fixtures.ts";
+import { randomGpt2Weights, referenceForward } from "./lib/gpt2_reference.ts";
+import { assertClose, randInt, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 

@@ -8,9 +8,9 @@ import { buildGpt2 } from "../engine/gpt2/load.ts";
 import { expectedWeightShapes } from "../engine/gpt2/model.ts";
 import { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import { logSoftmaxRow } from "../engine/gpt2/generate.ts";
-import { randomGpt2Weights, referenceForward } from "./gpt2_reference.ts";
-import { TINY_CONFIG, tinyVocab, writeTinyModel } from "./fixtures.ts";
-import { assertClose, testEngine } from "./util.ts";
+import { randomGpt2Weights, referenceForward } from "./lib/gpt2_reference.ts";
+import { TINY_CONFIG, tinyVocab, writeTinyModel } from "./lib/fixtures.ts";
+import { assertClose, testEngine } from "./lib/util.ts";
 import {
   BasePass,
   kindCells,

@@ -2,8 +2,8 @@ import { deepStrictEqual, ok } from "node:assert/strict";
 import { train } from "../cli/train.ts";
 import { readSafetensorsFile } from "../engine/files.ts";
 import { initGpt2Weights, learningRate, packDocuments } from "../engine/gpt2/train.ts";
-import { TINY_CONFIG, tinyVocab } from "./fixtures.ts";
-import { testEngine } from "./util.ts";
+import { TINY_CONFIG, tinyVocab } from "./lib/fixtures.ts";
+import { testEngine } from "./lib/util.ts";
 
 await testEngine();
 

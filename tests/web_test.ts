@@ -1,4 +1,4 @@
-// The page end to end in a real browser: Debian's headless Chromium (tests/web_browser.ts) loads it from
+// The page end to end in a real browser: Debian's headless Chromium (tests/lib/web_browser.ts) loads it from
 // `web/serve.ts`, runs the first known fact's causal trace and the first CounterFact case's ROME edit
 // through the form, and every number is compared with what the CLI prints for the same inputs on this
 // machine's Deno WebGPU, computed now (the bundled model may have been retrained since any number was
@@ -199,7 +199,7 @@ Deno.test("web: the page in headless Chromium traces and edits with the CLI's nu
     const shot = Deno.env.get("ROME_WEB_SCREENSHOT") ?? join(tmp, "page.png");
     page = JSON.parse(
       await deno(
-        ["run", "-A", "tests/web_browser.ts", CHROMIUM, server.url, prompt, subject, caseId, shot],
+        ["run", "-A", "tests/lib/web_browser.ts", CHROMIUM, server.url, prompt, subject, caseId, shot],
         "Chromium",
       ),
     );

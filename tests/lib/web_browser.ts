@@ -4,7 +4,7 @@
 // compares it with the CLI. A separate process because playwright-core reads paths (/proc/sys/...) that
 // Deno grants only to `-A`, which the test suite does not run with.
 //
-//   deno run -A tests/web_browser.ts CHROMIUM URL PROMPT SUBJECT CASE_ID SCREENSHOT.png
+//   deno run -A tests/lib/web_browser.ts CHROMIUM URL PROMPT SUBJECT CASE_ID SCREENSHOT.png
 import { chromium, type Page } from "playwright-core";
 
 /**

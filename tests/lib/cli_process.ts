@@ -2,7 +2,7 @@
 // output as text, and the lines of stderr that are messages (not Mesa's notes or loading progress).
 import { join } from "node:path";
 
-export const ROOT = new URL("..", import.meta.url).pathname;
+export const ROOT = new URL("../..", import.meta.url).pathname;
 export const CLI = join(ROOT, "cli.ts");
 
 /** `deno ARGS...` in the repository's root with NO_COLOR and `env` added. */

@@ -18,9 +18,9 @@
 import { join, relative, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { hasVulkanDriver, quietMesa } from "../engine/host.ts";
+import { hasVulkanDriver, quietMesa } from "../../engine/host.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
 
 function say(line: string): void {
@@ -225,7 +225,7 @@ async function runTests(paths: string[], filter: string | undefined): Promise<nu
 }
 
 const USAGE = `deno task test [--filter TEXT] [PATH...]
-  Installs what the tests need when it is missing (see tests/run.ts), then runs the *_test.ts files
+  Installs what the tests need when it is missing (see tests/lib/run.ts), then runs the *_test.ts files
   under PATH (default tests/) in one process on the main thread. One file the usual way: deno test FILE.`;
 
 async function main(args: string[]): Promise<number> {

@@ -1,10 +1,10 @@
 // Gradient checking: the tape's analytic gradient on the GPU against central finite differences of an
 // independent float64 CPU implementation of the same function. The scalar checked is Σ R ⊙ f(x) with a
 // fixed random R, so every output element contributes.
-import { Tape } from "../engine/autograd.ts";
-import type { Engine } from "../engine/engine.ts";
-import { mul, reshape, sumAll } from "../engine/ops.ts";
-import type { Tensor } from "../engine/tensor.ts";
+import { Tape } from "../../engine/autograd.ts";
+import type { Engine } from "../../engine/engine.ts";
+import { mul, reshape, sumAll } from "../../engine/ops.ts";
+import type { Tensor } from "../../engine/tensor.ts";
 import { randn } from "./util.ts";
 
 export interface GradInput {

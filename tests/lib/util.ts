@@ -1,9 +1,9 @@
 // Shared test helpers: a seeded RNG, float64 comparison with stated tolerances, the shared engine.
-import { Engine, getEngine, releaseEngine } from "../engine/engine.ts";
-import { quietMesa } from "../engine/host.ts";
-import { mulberry32 } from "../engine/random.ts";
+import { Engine, getEngine, releaseEngine } from "../../engine/engine.ts";
+import { quietMesa } from "../../engine/host.ts";
+import { mulberry32 } from "../../engine/random.ts";
 
-// Mesa complains on stderr without XDG_RUNTIME_DIR (`deno test FILE` does not go through tests/run.ts).
+// Mesa complains on stderr without XDG_RUNTIME_DIR (`deno test FILE` does not go through tests/lib/run.ts).
 quietMesa();
 
 /** The engine every GPU test shares (one device per test process). Fails loudly without an adapter. */
@@ -13,7 +13,7 @@ export function testEngine(): Promise<Engine> {
 
 // Let go of the shared device before the process exits. (This did not prevent the abort at exit that
 // `deno test` showed one run in 7-15: that comes from a WebGPU-using thread being torn down, which is why
-// `deno task test` runs the tests on the main thread; see tests/run.ts.)
+// `deno task test` runs the tests on the main thread; see tests/lib/run.ts.)
 globalThis.addEventListener("unload", releaseEngine);
 
 /** Runs cli.ts with `args` (colour off, `env` added); its exit code and output. */
@@ -21,7 +21,7 @@ export async function runCli(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<{ code: number; out: string; err: string }> {
-  const cli = new URL("../cli.ts", import.meta.url).pathname;
+  const cli = new URL("../../cli.ts", import.meta.url).pathname;
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", cli, ...args],
     env: { NO_COLOR: "1", ...env },

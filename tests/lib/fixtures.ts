@@ -1,9 +1,9 @@
 // Small GPT-2 model folders written by tests: random weights, a byte-level BPE vocabulary with a few
 // merges, in either key naming (with or without `transformer.`) and f32 or f16 storage.
-import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
-import { writeSafetensorsFile } from "../engine/files.ts";
-import { f32ArrayToF16, type StTensorInput } from "../engine/safetensors.ts";
-import { expectedWeightShapes } from "../engine/gpt2/model.ts";
+import { type Gpt2Config, gpt2ConfigJson } from "../../engine/gpt2/config.ts";
+import { writeSafetensorsFile } from "../../engine/files.ts";
+import { f32ArrayToF16, type StTensorInput } from "../../engine/safetensors.ts";
+import { expectedWeightShapes } from "../../engine/gpt2/model.ts";
 import { randomGpt2Weights } from "./gpt2_reference.ts";
 
 /** GPT-2's byte → printable character table (the vocabulary's alphabet). */

@@ -1,7 +1,7 @@
 // An independent float64 GPT-2 forward on the CPU (straight from the HF GPT2Model equations), and tiny
 // random checkpoints for tests. Deliberately naive: clarity over speed.
-import type { Gpt2Config } from "../engine/gpt2/config.ts";
-import { expectedWeightShapes } from "../engine/gpt2/model.ts";
+import type { Gpt2Config } from "../../engine/gpt2/config.ts";
+import { expectedWeightShapes } from "../../engine/gpt2/model.ts";
 import { randn } from "./util.ts";
 
 export type RefWeights = Map<string, Float64Array>;
