@@ -2,7 +2,6 @@
 // @resvg/resvg-wasm) at twice the SVG's size, with the typeface the SVGs name (tracing/render.ts
 // FIGURE_FONT). The font ships in cli/fonts/ (SIL OFL 1.1, licence beside it) rather than coming from the
 // system: resvg draws no text unless a font it was given matches, and a fresh CI machine may have no fonts.
-import { initWasm, Resvg } from "@resvg/resvg-wasm";
 import { FIGURE_FONT, type Rasterise } from "../tracing/render.ts";
 
 /** Pixels per SVG unit of the PNGs: sharp on a slide or a high-density screen. */
@@ -19,14 +18,21 @@ function wasmFile(): URL {
   return url;
 }
 
-// initWasm may run once per process, so every rasteriser shares one start.
-let started: Promise<Uint8Array> | undefined;
+type ResvgModule = typeof import("@resvg/resvg-wasm");
+/** Not a literal in import(): Deno would resolve a literal with the module graph at startup. */
+const RESVG = "@resvg/resvg-wasm";
 
-function start(): Promise<Uint8Array> {
+// initWasm may run once per process, so every rasteriser shares one start. The module is imported here, not
+// at the top: a command that draws nothing must not make Deno resolve the npm package (with a fresh Deno
+// cache that fetches its metadata and prints "Download ..." on stderr).
+let started: Promise<{ Resvg: ResvgModule["Resvg"]; font: Uint8Array }> | undefined;
+
+function start() {
   return started ??= (async () => {
+    const { initWasm, Resvg }: ResvgModule = await import(RESVG);
     const [wasm, font] = await Promise.all([Deno.readFile(wasmFile()), Deno.readFile(FONT_FILE)]);
     await initWasm(wasm);
-    return font;
+    return { Resvg, font };
   })();
 }
 
@@ -36,7 +42,7 @@ function start(): Promise<Uint8Array> {
  */
 export function pngRasteriser(scale = FIGURE_SCALE): Rasterise {
   return async (svg) => {
-    const font = await start();
+    const { Resvg, font } = await start();
     const resvg = new Resvg(svg, {
       fitTo: { mode: "zoom", value: scale },
       font: { fontBuffers: [font], defaultFontFamily: FIGURE_FONT, serifFamily: FIGURE_FONT },

@@ -15,7 +15,7 @@ import {
   runTraining,
   type TrainConfig,
 } from "../engine/gpt2/train_run.ts";
-import { topOneAccuracy } from "../eval/knowledge.ts";
+import { worldKnowledge, type WorldKnowledgeInput } from "../eval/knowledge.ts";
 import { intOption, MAX_SEED, MODEL_OPTION, parse, UsageError } from "./args.ts";
 import { isFile, readJsonFile } from "./files.ts";
 import { loadModel, modelDir, openEngine } from "./open.ts";
@@ -298,71 +298,26 @@ export async function cmdFacts(args: string[]): Promise<void> {
       );
     }
   }
-  const facts = await readJsonFile(join(world, "facts.json"), "facts file") as {
-    relations: { relation_id: string; training: string[]; held_out?: string[] }[];
-    facts: { subject: string; relation_id: string; object: string }[];
-  };
-  const cf = await readJsonFile(join(world, "counterfact.json"), "CounterFact file") as {
-    requested_rewrite: { prompt: string; subject: string; target_true: { str: string } };
-    paraphrase_prompts: string[];
-  }[];
+  const facts = await readJsonFile(join(world, "facts.json"), "facts file") as WorldKnowledgeInput["facts"];
+  const counterfact = await readJsonFile(
+    join(world, "counterfact.json"),
+    "CounterFact file",
+  ) as WorldKnowledgeInput["counterfact"];
   const { model, tokenizer } = await loadModel(opts);
-  const relations = new Map(facts.relations.map((r) => [r.relation_id, r]));
-  const factProbes = facts.facts.map((f) => ({
-    prompt: relations.get(f.relation_id)!.training[0].replace("{}", f.subject),
-    target: f.object,
-  }));
-  const heldOut = facts.facts.flatMap((f) =>
-    (relations.get(f.relation_id)!.held_out ?? []).map((t) => ({
-      relation: f.relation_id,
-      probe: { prompt: t.replace("{}", f.subject), target: f.object },
-    }))
-  );
-  const heldOutProbes = heldOut.map((h) => h.probe);
-  const rewriteProbes = cf.map((r) => ({
-    prompt: r.requested_rewrite.prompt.replace("{}", r.requested_rewrite.subject),
-    target: r.requested_rewrite.target_true.str,
-  }));
-  const paraphraseProbes = cf.flatMap((r) =>
-    r.paraphrase_prompts.map((prompt) => ({ prompt, target: r.requested_rewrite.target_true.str }))
-  );
-  const sets = [factProbes, rewriteProbes, heldOutProbes, paraphraseProbes];
-  const total = sets.reduce((n, s) => n + s.length, 0);
-  const bar = new Progress("checking facts", total, Boolean(opts.json));
-  const results = [];
-  let done = 0;
-  for (const probes of sets) {
-    results.push(await topOneAccuracy(model, tokenizer, probes, { onBatch: (k) => bar.update(done + k) }));
-    done += probes.length;
-  }
-  bar.done();
-  const share = (correct: boolean[], idx: number[]) => idx.filter((i) => correct[i]).length / idx.length;
-  const byRelation: Record<string, { n: number; accuracy: number; held_out_accuracy: number }> = {};
-  for (const rel of relations.keys()) {
-    const idx = facts.facts.flatMap((f, i) => f.relation_id === rel ? [i] : []);
-    const held = heldOut.flatMap((h, i) => h.relation === rel ? [i] : []);
-    byRelation[rel] = {
-      n: idx.length,
-      accuracy: share(results[0].correct, idx),
-      held_out_accuracy: share(results[2].correct, held),
-    };
-  }
-  const res = {
-    model: modelDir(opts),
-    facts: { n: factProbes.length, accuracy: results[0].accuracy, by_relation: byRelation },
-    rewrite_prompts: { n: rewriteProbes.length, accuracy: results[1].accuracy },
-    held_out_phrasings: { n: heldOutProbes.length, accuracy: results[2].accuracy },
-    paraphrase_prompts: { n: paraphraseProbes.length, accuracy: results[3].accuracy },
-  };
-  if (opts.json) return console.log(JSON.stringify(res));
+  let bar: Progress | undefined;
+  const known = await worldKnowledge(model, tokenizer, { facts, counterfact }, (done, total) => {
+    bar ??= new Progress("checking facts", total, Boolean(opts.json));
+    bar.update(done);
+  });
+  bar?.done();
+  if (opts.json) return console.log(JSON.stringify({ model: modelDir(opts), ...known }));
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
-  console.log(`facts known (top-1): ${pct(results[0].accuracy)} of ${factProbes.length}`);
-  for (const [rel, r] of Object.entries(byRelation)) {
+  console.log(`facts known (top-1): ${pct(known.facts.accuracy)} of ${known.facts.n}`);
+  for (const [rel, r] of Object.entries(known.facts.by_relation)) {
     console.log(`  ${rel}: ${pct(r.accuracy)} of ${r.n} (held-out phrasings ${pct(r.held_out_accuracy)})`);
   }
-  console.log(
-    `CounterFact rewrite prompts (true object top-1): ${pct(results[1].accuracy)} of ${rewriteProbes.length}`,
-  );
-  console.log(`held-out phrasings of every fact: ${pct(results[2].accuracy)} of ${heldOutProbes.length}`);
-  console.log(`CounterFact paraphrase prompts: ${pct(results[3].accuracy)} of ${paraphraseProbes.length}`);
+  const { rewrite_prompts: rewrite, held_out_phrasings: held, paraphrase_prompts: para } = known;
+  console.log(`CounterFact rewrite prompts (true object top-1): ${pct(rewrite.accuracy)} of ${rewrite.n}`);
+  console.log(`held-out phrasings of every fact: ${pct(held.accuracy)} of ${held.n}`);
+  console.log(`CounterFact paraphrase prompts: ${pct(para.accuracy)} of ${para.n}`);
 }

@@ -47,3 +47,90 @@ export async function topOneAccuracy(
   const n = correct.filter(Boolean).length;
   return { correct, predicted, accuracy: probes.length ? n / probes.length : NaN };
 }
+
+/** The parts of a facts world (`data/world/facts.json`, `counterfact.json`) the knowledge report reads. */
+export interface WorldKnowledgeInput {
+  facts: {
+    relations: { relation_id: string; training: string[]; held_out?: string[] }[];
+    facts: { subject: string; relation_id: string; object: string }[];
+  };
+  counterfact: {
+    requested_rewrite: { prompt: string; subject: string; target_true: { str: string } };
+    paraphrase_prompts: string[];
+  }[];
+}
+
+/** How much of a facts world a model knows (`deno task facts`): shares of top-1 correct probes. */
+export interface WorldKnowledge {
+  /** Every fact in its relation's first training phrasing, overall and per relation (with held-out phrasings). */
+  facts: {
+    n: number;
+    accuracy: number;
+    by_relation: Record<string, { n: number; accuracy: number; held_out_accuracy: number }>;
+  };
+  rewrite_prompts: { n: number; accuracy: number };
+  /** Every fact in each of its relation's held-out phrasings (never in the training corpus). */
+  held_out_phrasings: { n: number; accuracy: number };
+  paraphrase_prompts: { n: number; accuracy: number };
+}
+
+/**
+ * Top-1 recall of a facts world's facts (first training phrasing), its CounterFact rewrite prompts, and the
+ * phrasings the model never saw (held-out phrasings, CounterFact paraphrase prompts). `onProgress` gets the
+ * number of probes done out of `total` (first with 0).
+ */
+export async function worldKnowledge(
+  model: Gpt2Model,
+  tokenizer: Gpt2Tokenizer,
+  world: WorldKnowledgeInput,
+  onProgress?: (done: number, total: number) => void,
+): Promise<WorldKnowledge> {
+  const { facts, counterfact } = world;
+  const relations = new Map(facts.relations.map((r) => [r.relation_id, r]));
+  const factProbes = facts.facts.map((f) => ({
+    prompt: relations.get(f.relation_id)!.training[0].replace("{}", f.subject),
+    target: f.object,
+  }));
+  const heldOut = facts.facts.flatMap((f) =>
+    (relations.get(f.relation_id)!.held_out ?? []).map((t) => ({
+      relation: f.relation_id,
+      probe: { prompt: t.replace("{}", f.subject), target: f.object },
+    }))
+  );
+  const heldOutProbes = heldOut.map((h) => h.probe);
+  const rewriteProbes = counterfact.map((r) => ({
+    prompt: r.requested_rewrite.prompt.replace("{}", r.requested_rewrite.subject),
+    target: r.requested_rewrite.target_true.str,
+  }));
+  const paraphraseProbes = counterfact.flatMap((r) =>
+    r.paraphrase_prompts.map((prompt) => ({ prompt, target: r.requested_rewrite.target_true.str }))
+  );
+  const sets = [factProbes, rewriteProbes, heldOutProbes, paraphraseProbes];
+  const total = sets.reduce((n, s) => n + s.length, 0);
+  const results: ProbeResult[] = [];
+  let done = 0;
+  onProgress?.(0, total);
+  for (const probes of sets) {
+    results.push(
+      await topOneAccuracy(model, tokenizer, probes, { onBatch: (k) => onProgress?.(done + k, total) }),
+    );
+    done += probes.length;
+  }
+  const share = (correct: boolean[], idx: number[]) => idx.filter((i) => correct[i]).length / idx.length;
+  const byRelation: WorldKnowledge["facts"]["by_relation"] = {};
+  for (const rel of relations.keys()) {
+    const idx = facts.facts.flatMap((f, i) => f.relation_id === rel ? [i] : []);
+    const held = heldOut.flatMap((h, i) => h.relation === rel ? [i] : []);
+    byRelation[rel] = {
+      n: idx.length,
+      accuracy: share(results[0].correct, idx),
+      held_out_accuracy: share(results[2].correct, held),
+    };
+  }
+  return {
+    facts: { n: factProbes.length, accuracy: results[0].accuracy, by_relation: byRelation },
+    rewrite_prompts: { n: rewriteProbes.length, accuracy: results[1].accuracy },
+    held_out_phrasings: { n: heldOutProbes.length, accuracy: results[2].accuracy },
+    paraphrase_prompts: { n: paraphraseProbes.length, accuracy: results[3].accuracy },
+  };
+}
