@@ -44,7 +44,7 @@ export {
   sliceCols,
 } from "./launch/copy.ts";
 export { argmax, max, mean, type ReduceAxis, sum } from "./launch/reduce.ts";
-export { axpy } from "./launch/elementwise.ts";
+export { axpy, clampToBand } from "./launch/elementwise.ts";
 export {
   cholesky,
   choleskySolve,

@@ -15,11 +15,9 @@ import { Tape } from "../engine/autograd.ts";
 import type { Pos } from "../engine/gpt2/hooks.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
-import { clone, crossEntropy, sumAll } from "../engine/ops.ts";
+import { clampToBand, clone, crossEntropy, sumAll } from "../engine/ops.ts";
 import { Adam } from "../engine/optim.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { rowChunks } from "../engine/chunks.ts";
-import { clampToBandKernel, clampWorkgroups } from "../kernels/clamp.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { checkLayer, editedMatrix } from "../rome/compute.ts";
 import { fillTemplate, RomeInputError, type RomeRequest } from "../rome/request.ts";
@@ -119,29 +117,6 @@ export function defaultFtHparams(
     hparams: { ...hp, layers: [fallbackLayer] },
     source: `${base.name} values at layer ${fallbackLayer} (no shipped file for this shape)`,
   };
-}
-
-/**
- * w ← clamp(w, w0 − ε, w0 + ε) in place on the GPU (kernels/clamp.ts), in binding-sized chunks. w and w0
- * are f32 tensors of the same shape.
- */
-export function clampToBand(w: Tensor, w0: Tensor, eps: number): void {
-  if (w.dtype !== "f32" || w0.dtype !== "f32" || w.size !== w0.size) {
-    throw new RangeError(`clampToBand: ${w} and ${w0} must be f32 tensors of one size`);
-  }
-  if (!(eps >= 0) || !Number.isFinite(eps)) {
-    throw new RangeError(`clampToBand: ε must be a finite number ≥ 0, got ${eps}`);
-  }
-  const e = w.engine;
-  for (const [i0, i1] of rowChunks(e, w.size, [4], "clampToBand")) {
-    const wr = w.range(i0, i1), cr = w0.range(i0, i1);
-    e.dispatch(
-      clampToBandKernel,
-      { n: i1 - i0, off: wr.elemOffset, eps },
-      [wr, cr],
-      clampWorkgroups(i1 - i0, e.limits.maxWorkgroupsPerDim),
-    );
-  }
 }
 
 export interface FineTuneResult {

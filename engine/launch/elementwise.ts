@@ -1,4 +1,4 @@
-// Elementwise ops: add / sub / mul with row broadcasting, scale, axpy.
+// Elementwise ops: add / sub / mul with row broadcasting, scale, axpy, and the clamp of w to a band around w0.
 import {
   affineKernel,
   binaryKernel,
@@ -6,7 +6,8 @@ import {
   elementwiseWorkgroups,
 } from "../../kernels/elementwise.ts";
 import { shapeStr, type Tensor } from "../tensor.ts";
-import { assertF32 } from "../chunks.ts";
+import { assertF32, rowChunks } from "../chunks.ts";
+import { clampToBandKernel, clampWorkgroups } from "../../kernels/clamp.ts";
 
 function binary(op: BinaryOp, a: Tensor, b: Tensor, alpha: number, beta: number): Tensor {
   assertF32(op, a, b);
@@ -36,4 +37,27 @@ export function launchScale(a: Tensor, alpha: number, beta = 0): Tensor {
   const out = a.engine.empty(a.shape);
   a.engine.dispatch(affineKernel, { n: a.size, alpha, beta }, [a, out], elementwiseWorkgroups(a.size));
   return out;
+}
+
+/**
+ * w ← clamp(w, w0 − ε, w0 + ε) in place on the GPU (kernels/clamp.ts), in binding-sized chunks. w and w0
+ * are f32 tensors of the same shape.
+ */
+export function clampToBand(w: Tensor, w0: Tensor, eps: number): void {
+  if (w.dtype !== "f32" || w0.dtype !== "f32" || w.size !== w0.size) {
+    throw new RangeError(`clampToBand: ${w} and ${w0} must be f32 tensors of one size`);
+  }
+  if (!(eps >= 0) || !Number.isFinite(eps)) {
+    throw new RangeError(`clampToBand: ε must be a finite number ≥ 0, got ${eps}`);
+  }
+  const e = w.engine;
+  for (const [i0, i1] of rowChunks(e, w.size, [4], "clampToBand")) {
+    const wr = w.range(i0, i1), cr = w0.range(i0, i1);
+    e.dispatch(
+      clampToBandKernel,
+      { n: i1 - i0, off: wr.elemOffset, eps },
+      [wr, cr],
+      clampWorkgroups(i1 - i0, e.limits.maxWorkgroupsPerDim),
+    );
+  }
 }
