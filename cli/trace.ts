@@ -239,13 +239,8 @@ async function tracePromptCli(opts: Record<string, unknown>): Promise<void> {
   const ids = tokenizer.encode(prompt);
   if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
   const subjectRange = findSubjectRange(tokenizer, prompt, subject);
-  const noise = await traceNoise(
-    model,
-    tokenizer,
-    settings.noiseSpec,
-    (opts.subjects as string | undefined) ?? BUNDLED_FACTS,
-    json,
-  );
+  const subjects = (opts.subjects as string | undefined) ?? BUNDLED_FACTS;
+  const noise = await traceNoise(model, tokenizer, settings.noiseSpec, subjects, json);
   const base = await BasePass.run(model, { ids, subjectRange }, { ...settings, noise: noise.noise }, {
     corruptedSites: sever ?? [],
   });
@@ -370,13 +365,8 @@ async function traceFactsCli(opts: Record<string, unknown>): Promise<void> {
   const { model, tokenizer } = await loadModel(opts, quiet);
   settings.window ??= defaultWindow(model.config.nLayer);
   // The std is over the whole file's subjects (as the reference's knowns), whatever --limit keeps.
-  const noise = await traceNoise(
-    model,
-    tokenizer,
-    settings.noiseSpec,
-    (opts.subjects as string | undefined) ?? factsFile,
-    quiet,
-  );
+  const subjects = (opts.subjects as string | undefined) ?? factsFile;
+  const noise = await traceNoise(model, tokenizer, settings.noiseSpec, subjects, quiet);
   const out = (opts.out as string | undefined) ??
     join("traces", "facts-" + slug(basename(factsFile, ".json")));
   const chosen = facts.slice(0, limit);
