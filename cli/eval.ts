@@ -19,7 +19,6 @@ import {
   type CaseMetrics,
   type CaseResult,
   groupRuns,
-  parseShard,
   type RunIdentity,
   runKey,
   shardItems,
@@ -46,6 +45,7 @@ import { refuseStatsOptions, statsRequest } from "./layer_stats.ts";
 import { loadModel, modelDir } from "./open.ts";
 import { fmtSeconds, Progress } from "./progress.ts";
 import { DEFAULT_DATASET, ROME_OPTIONS, romeFromFiles, romeHparams } from "./rome_setup.ts";
+import { resolveShard } from "./shard.ts";
 
 /** The method evaluated when --method is not given. */
 const DEFAULT_EVAL_METHOD: MethodName = "rome";
@@ -55,7 +55,7 @@ const DEFAULT_EVAL_OUT = fileURLToPath(new URL("../out/eval", import.meta.url));
 const DEFAULT_EVAL_SEED = 1;
 
 const EVAL_USAGE =
-  `deno task eval [--model DIR] [--dataset FILE] [--method none|rome|ft|ft-l] [--limit N] [--shard i/n]
+  `deno task eval [--model DIR] [--dataset FILE] [--method none|rome|ft|ft-l] [--limit N] [--shard i/n|auto]
                [--out DIR] [--json] [--sequential N] [--hparams FILE] [--layer L] [--seed S]
                [--snippets FILE] [--tfidf DIR] [--generation-length N]
                [--variant rome|r-rome] [--stats FILE | --npz FILE] [--corpus FILE|DIR] [--samples N]
@@ -71,7 +71,8 @@ deno task eval --merge DIR... [--out DIR] [--json]
   --method: none (the unedited model), rome (default; hparams as deno task edit), ft / ft-l (fine-tuning
   of h.L.mlp.c_proj.weight, unconstrained / L∞-bounded; hparams eval/hparams/ft[-l]-<model>.json or
   --hparams FILE). --limit N takes the first N records (default all); --shard i/n runs every n-th record
-  from the i-th (several processes or machines), --merge DIR... combines their folders (and folders of
+  from the i-th (several processes or machines; --shard auto or auto/N takes i and n from a Slurm array,
+  a Kubernetes Indexed Job or ROME_SHARD_INDEX/ROME_SHARD_COUNT), --merge DIR... combines their folders (and folders of
   different methods into one table). --sequential N applies N edits one after another and tests them
   all on the model carrying them (then reverts them all). Snippets: --snippets FILE, default
   attribute_snippets.json beside the dataset; the tf-idf idf/vocabulary: --tfidf DIR with the reference's
@@ -214,13 +215,8 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
   if (methodName === "none" && sequential > 1) {
     throw new UsageError("--sequential needs an editing method, not none");
   }
-  const shard = opts.shard === undefined ? { index: 0, count: 1 } : (() => {
-    try {
-      return parseShard(String(opts.shard));
-    } catch (e) {
-      throw new UsageError(`--shard: ${(e as Error).message}`);
-    }
-  })();
+  const { index, count } = resolveShard(opts.shard) ?? { index: 0, count: 1 };
+  const shard = { index, count };
   const seed = intOption(opts, "seed", DEFAULT_EVAL_SEED, 0, MAX_SEED);
   const genLength = intOption(opts, "generation-length", REFERENCE_GENERATION.maxOutLen);
   const layerOverride = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
