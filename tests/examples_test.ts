@@ -1,0 +1,101 @@
+// examples/: the Kubernetes manifests cannot run here (no cluster), so their structure is checked: Indexed
+// Jobs whose `--shard auto/N` matches `completions`, the README's install steps, one shared claim, and a
+// merge that reads exactly what the shards write. The Slurm scripts are checked by bash and run for real by
+// bench/slurm.ts on a single-node Slurm.
+import { deepEqual, equal, ok } from "node:assert/strict";
+import { join } from "node:path";
+import { parseAllDocuments } from "yaml";
+import { ROOT } from "./lib/cli_process.ts";
+
+const K8S = join(ROOT, "examples", "kubernetes");
+const SLURM = join(ROOT, "examples", "slurm");
+
+// deno-lint-ignore no-explicit-any
+type Manifest = any;
+
+function manifests(file: string): Manifest[] {
+  const docs = parseAllDocuments(Deno.readTextFileSync(join(K8S, file)));
+  for (const d of docs) equal(d.errors.map(String).join("\n"), "", `${file} parses as YAML`);
+  return docs.map((d) => d.toJS());
+}
+
+/** The one container's bash script of a Job. */
+function script(job: Manifest): string {
+  const [c] = job.spec.template.spec.containers;
+  deepEqual(c.command, ["bash", "-c"]);
+  return c.args.join("\n");
+}
+
+function checkJob(job: Manifest, claim: string, file: string): void {
+  equal(job.apiVersion, "batch/v1", file);
+  equal(job.kind, "Job", file);
+  const pod = job.spec.template.spec;
+  equal(pod.restartPolicy, "Never", `${file}: a failed shard is retried by the Job, not restarted in place`);
+  equal(pod.containers.length, 1, file);
+  const [c] = pod.containers;
+  ok(c.image.startsWith("node:"), `${file}: Node.js for npx (the README's install steps)`);
+  const vols = new Map<string, Manifest>(pod.volumes.map((v: Manifest) => [v.name, v]));
+  for (const m of c.volumeMounts) {
+    ok(vols.has(m.name), `${file}: mount ${m.name} has a volume`);
+    equal(vols.get(m.name).persistentVolumeClaim.claimName, claim, `${file}: the shared claim`);
+    ok(c.workingDir.startsWith(m.mountPath + "/"), `${file}: the checkout lies on the shared volume`);
+  }
+  ok(/npx -y deno@2\.9\.6 task (eval|stats)/.test(script(job)), `${file}: runs the README's command`);
+}
+
+Deno.test("examples/kubernetes: Indexed Jobs shard with auto/N = completions and the merge reads what they write", () => {
+  const [pvc] = manifests("volume.yaml");
+  equal(pvc.kind, "PersistentVolumeClaim");
+  deepEqual(pvc.spec.accessModes, ["ReadWriteMany"], "every pod mounts it at once");
+  const claim = pvc.metadata.name;
+
+  const written: string[] = [];
+  for (const [file, task] of [["eval-indexed-job.yaml", "eval"], ["stats-indexed-job.yaml", "stats"]]) {
+    const [job] = manifests(file);
+    checkJob(job, claim, file);
+    equal(job.spec.completionMode, "Indexed", file);
+    ok(Number.isInteger(job.spec.completions) && job.spec.completions >= 1, file);
+    ok(job.spec.parallelism <= job.spec.completions, file);
+    const s = script(job);
+    ok(s.includes(`task ${task} `), file);
+    ok(s.includes(`--shard auto/${job.spec.completions} `), `${file}: auto/N with N = completions`);
+    ok(s.includes("apt-get install") && s.includes("mesa-vulkan-drivers"), `${file}: software Vulkan`);
+    const out = /--out "([^"]+)"/.exec(s)?.[1];
+    ok(out?.includes("$JOB_COMPLETION_INDEX"), `${file}: each pod writes its own shard`);
+    written.push(out!.replace("$JOB_COMPLETION_INDEX", "*"));
+  }
+
+  const [merge] = manifests("merge-job.yaml");
+  checkJob(merge, claim, "merge-job.yaml");
+  const s = script(merge);
+  for (const pattern of written) ok(s.includes(pattern), `merge-job.yaml reads ${pattern}`);
+  ok(s.includes("task eval --merge") && s.includes("task stats --merge"), "merge-job.yaml merges both");
+
+  const run = Deno.readTextFileSync(join(K8S, "run.sh"));
+  for (const f of ["volume.yaml", "eval-indexed-job.yaml", "stats-indexed-job.yaml", "merge-job.yaml"]) {
+    ok(run.includes(f), `run.sh applies ${f}`);
+  }
+  ok(/wait --for=condition=complete[^\n]*job\/rome-eval job\/rome-stats/.test(run), "run.sh waits for both");
+});
+
+Deno.test("examples/slurm: the scripts parse, shard with --shard auto and merge what the arrays write", async () => {
+  for (const f of Deno.readDirSync(SLURM)) {
+    const r = await new Deno.Command("bash", { args: ["-n", join(SLURM, f.name)], stderr: "piped" }).output();
+    equal(r.code, 0, `bash -n ${f.name}: ${new TextDecoder().decode(r.stderr)}`);
+  }
+  const text = (f: string) => Deno.readTextFileSync(join(SLURM, f));
+  for (
+    const [f, task, out] of [
+      ["eval.sbatch", "eval", "$OUT/eval/shard-*"],
+      ["stats.sbatch", "stats", "$OUT/stats/part-*.safetensors"],
+    ]
+  ) {
+    ok(text(f).includes("#SBATCH --array="), f);
+    ok(text(f).includes(`npx -y deno@2.9.6 task ${task}`) && text(f).includes("--shard auto"), f);
+    ok(text("merge.sbatch").replaceAll('"', "").includes(out), `merge.sbatch reads ${out}`);
+  }
+  ok(
+    /--dependency=afterok:\$eval_job:\$stats_job/.test(text("submit.sh")),
+    "the merge waits for both arrays",
+  );
+});
