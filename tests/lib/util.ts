@@ -16,21 +16,6 @@ export function testEngine(): Promise<Engine> {
 // `deno task test` runs the tests on the main thread; see tests/lib/run.ts.)
 globalThis.addEventListener("unload", releaseEngine);
 
-/** Runs cli.ts with `args` (colour off, `env` added); its exit code and output. */
-export async function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; out: string; err: string }> {
-  const cli = new URL("../../cli.ts", import.meta.url).pathname;
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
-
 /** The tests' seeded generator (mulberry32): tests must be reproducible. */
 export const rng: (seed: number) => () => number = mulberry32;
 
