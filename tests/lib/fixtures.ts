@@ -76,6 +76,19 @@ export function sensitiveWeights(c: Gpt2Config, seed: number): Map<string, Float
   return w;
 }
 
+/**
+ * Random weights with sharper outputs than the default (embeddings ×6, weight matrices ×2), so that the
+ * tracing tests' restored cells move p(answer) by far more than their tolerances.
+ */
+export function decisiveWeights(c: Gpt2Config, seed: number): Map<string, Float32Array> {
+  const W = randomGpt2Weights(c, seed);
+  for (const [n, v] of W) {
+    const k = n === "wte.weight" ? 6 : /(c_attn|c_fc|c_proj)\.weight$/.test(n) ? 2 : 1;
+    for (let i = 0; i < v.length; i++) v[i] *= k;
+  }
+  return W;
+}
+
 /** A model on `engine` built from weights in memory (uploaded from copies: `w` stays as it is). */
 export function memoryModel(engine: Engine, c: Gpt2Config, w: Map<string, Float32Array>): Gpt2Model {
   const shapes = new Map([...expectedWeightShapes(c)].map(([n, shape]) => [n, { shape, dtype: "F32" }]));

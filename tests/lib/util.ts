@@ -127,3 +127,11 @@ export function assertClose(
 
 /** Awkward sizes that are not multiples of any tile: every kernel test draws its shapes from these. */
 export const AWKWARD = [1, 3, 17, 63, 65, 127, 257] as const;
+
+/** The byte arrays one after another in one array. */
+export function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) (out.set(p, at), at += p.byteLength);
+  return out;
+}
