@@ -128,6 +128,20 @@ export function assertClose(
 /** Awkward sizes that are not multiples of any tile: every kernel test draws its shapes from these. */
 export const AWKWARD = [1, 3, 17, 63, 65, 127, 257] as const;
 
+/** [rows, C] of the row-wise kernels' tests: AWKWARD × (AWKWARD and 768), and C = 4099 (256 threads a row). */
+export const AWKWARD_ROWS: readonly (readonly [number, number])[] = AWKWARD.flatMap((rows) =>
+  [...AWKWARD, 768].map((C) => [rows, C] as const)
+).concat([[3, 4099]]);
+
+/**
+ * [rows, C] around the layer norms' two paths, one thread a row up to C = 1024 and a workgroup a row past
+ * it: rows not multiples of the 64 rows a workgroup, 4097 × 128 (the small model's shape plus one row), and
+ * `rows17` rows at C = 17.
+ */
+export function layerNormPathShapes(rows17: number): [number, number][] {
+  return [[1, 1], [70, 1], [65, 3], [rows17, 17], [4097, 128], [3, 128], [129, 768], [5, 1024], [66, 1025]];
+}
+
 /** The byte arrays one after another in one array. */
 export function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
