@@ -271,27 +271,21 @@ Deno.test("grad: whole GPT-2 (tiny) w.r.t. an injected MLP-output vector and w.r
   };
   const W64 = new Map([...W].map(([n, v]) => [n, Float64Array.from(v)]));
   const d64 = Float64Array.from(delta);
-  compare("δ at mlp.1 token 2", grads.get("delta")!, (i) => {
-    const x0 = d64[i];
-    d64[i] = x0 + h;
+  /** The objective's central difference in element i of `x` (one of its inputs, restored after). */
+  const centralDiff = (x: Float64Array, i: number) => {
+    const x0 = x[i];
+    x[i] = x0 + h;
     const fp = objective(W64, d64);
-    d64[i] = x0 - h;
+    x[i] = x0 - h;
     const fm = objective(W64, d64);
-    d64[i] = x0;
+    x[i] = x0;
     return (fp - fm) / (2 * h);
-  }, [...Array(c.nEmbd).keys()]);
+  };
+  compare("δ at mlp.1 token 2", grads.get("delta")!, (i) => centralDiff(d64, i), [...Array(c.nEmbd).keys()]);
   for (const n of checked) {
     const w = W64.get(n)!;
     const idx = Array.from({ length: Math.min(40, w.length) }, (_, k) => Math.floor((k * 7919) % w.length));
-    compare(n, grads.get(n)!, (i) => {
-      const x0 = w[i];
-      w[i] = x0 + h;
-      const fp = objective(W64, d64);
-      w[i] = x0 - h;
-      const fm = objective(W64, d64);
-      w[i] = x0;
-      return (fp - fm) / (2 * h);
-    }, idx);
+    compare(n, grads.get(n)!, (i) => centralDiff(w, i), idx);
   }
   deltaT.dispose();
   for (const t of model.weights.values()) t.dispose();

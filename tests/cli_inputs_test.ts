@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { encodeSecondMoment } from "../rome/stats.ts";
 import { cli, messageLines, ROOT, run } from "./lib/cli_process.ts";
 import { TINY_CONFIG, tinyCorpusText, tinyVocab, writeTinyModel } from "./lib/fixtures.ts";
+import { concat } from "./lib/util.ts";
 
 const KNOWN_FACTS = join(ROOT, "data/world/known_facts.json");
 
@@ -67,14 +68,14 @@ Deno.test("CLI: bad option values are one line naming the valid range, exit code
   const { dir, model, corpus, env } = await setup();
   try {
     const request = ["--prompt", "I saw {}", "--subject", "the cat", "--target", "a"];
-    const train = (extra: string[]) => [
+    const train = (extra: string[], out = join(dir, "t")) => [
       "train",
       "--config",
       join(dir, "train.json"),
       "--corpus",
       corpus,
       "--out",
-      join(dir, "t"),
+      out,
       ...extra,
     ];
     const cases: [string[], RegExp][] = [
@@ -210,17 +211,7 @@ Deno.test("CLI: bad option values are one line naming the valid range, exit code
         /model\.n_layer must be a positive integer/,
       ],
       [
-        [
-          "train",
-          "--config",
-          join(dir, "train.json"),
-          "--corpus",
-          corpus,
-          "--out",
-          join(dir, "run"),
-          "--init",
-          model,
-        ],
+        train(["--init", model], join(dir, "run")),
         /holds a checkpoint of a run that did not start from --init .*; add --fresh/,
       ],
       [["facts", "--world", "/nonexistent"], /--world '\/nonexistent' has no facts\.json/],
@@ -341,10 +332,3 @@ Deno.test("CLI: stats --corpus/--samples are honoured over the folder's shipped 
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) (out.set(p, at), at += p.length);
-  return out;
-}

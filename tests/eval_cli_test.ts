@@ -3,20 +3,14 @@
 // shards merged back into the unsharded summary, a zsRE file, and one-line refusals.
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { TINY_CONFIG, writeTinyModel } from "./lib/fixtures.ts";
-import { runCli } from "./lib/util.ts";
+import { TINY_CONFIG, tinyRewrite, writeTinyModel } from "./lib/fixtures.ts";
+import { cli } from "./lib/cli_process.ts";
 
 function record(id: number, subject: string, tnew: string, ttrue: string) {
   return {
     case_id: id,
     pararel_idx: 100 + id,
-    requested_rewrite: {
-      prompt: "I saw {} in",
-      relation_id: "P1",
-      target_new: { str: tnew, id: "N" + tnew },
-      target_true: { str: ttrue, id: "N" + ttrue },
-      subject,
-    },
+    requested_rewrite: tinyRewrite(subject, tnew, ttrue),
     paraphrase_prompts: [`The cat sat. I saw ${subject} on`, `On a mat, ${subject} is in`],
     neighborhood_prompts: ["I saw a mat in", "I saw the cat in"],
     attribute_prompts: [`the ${tnew} is in`],
@@ -54,27 +48,25 @@ async function setup() {
     JSON.stringify({ layers: [1], num_steps: 6, lr: 0.02, weight_decay: 0, norm_constraint: false }),
   );
   const env = { XDG_CACHE_HOME: join(dir, "cache") };
-  const base = [
+  /** `eval` of the model with METHOD on DATASET (the CounterFact file unless given). */
+  const evalArgs = (method: string, dataset = join(data, "counterfact.json")) => [
     "eval",
     "--model",
     model,
     "--dataset",
-    join(data, "counterfact.json"),
+    dataset,
     "--method",
-    "ft",
-    "--hparams",
-    join(dir, "ft.json"),
-    "--generation-length",
-    "12",
+    method,
   ];
-  return { dir, data, model, env, base };
+  const base = [...evalArgs("ft"), "--hparams", join(dir, "ft.json"), "--generation-length", "12"];
+  return { dir, model, env, base, evalArgs };
 }
 
 Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsharded run, zsRE, refusals", async () => {
-  const { dir, data, model, env, base } = await setup();
+  const { dir, model, env, base, evalArgs } = await setup();
   try {
     const a = join(dir, "a");
-    const r1 = await runCli([...base, "--limit", "2", "--out", a, "--json"], env);
+    const r1 = await cli([...base, "--limit", "2", "--out", a, "--json"], env);
     equal(r1.code, 0, r1.err);
     const j = JSON.parse(r1.out);
     deepEqual(Object.keys(j).slice(0, 4), ["method", "n", "summary", "pre"]);
@@ -103,7 +95,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
 
     // resumed: nothing recomputed, files untouched
     const mtime = (await Deno.stat(join(a, "case_3.json"))).mtime!.getTime();
-    const r2 = await runCli([...base, "--limit", "2", "--out", a, "--json"], env);
+    const r2 = await cli([...base, "--limit", "2", "--out", a, "--json"], env);
     equal(r2.code, 0, r2.err);
     const j2 = JSON.parse(r2.out);
     equal(j2.computed, 0);
@@ -113,14 +105,14 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
 
     // two shards in two folders, merged: the same table as the unsharded run
     for (const s of ["0/2", "1/2"]) {
-      const r = await runCli(
+      const r = await cli(
         [...base, "--limit", "2", "--shard", s, "--out", join(dir, `s${s[0]}`), "--json"],
         env,
       );
       equal(r.code, 0, r.err);
       equal(JSON.parse(r.out).n, 1);
     }
-    const m = await runCli([
+    const m = await cli([
       "eval",
       "--merge",
       join(dir, "s0"),
@@ -136,14 +128,8 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
     deepEqual(jm.pre, j.pre);
     ok((await Deno.stat(join(dir, "merged", "report.html"))).isFile);
     // merging two methods gives one row each
-    const none = await runCli([
-      "eval",
-      "--model",
-      model,
-      "--dataset",
-      join(data, "counterfact.json"),
-      "--method",
-      "none",
+    const none = await cli([
+      ...evalArgs("none"),
       "--limit",
       "2",
       "--generation-length",
@@ -152,7 +138,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
       join(dir, "none"),
     ], env);
     equal(none.code, 0, none.err);
-    const both = await runCli(["eval", "--merge", a, join(dir, "none")], env);
+    const both = await cli(["eval", "--merge", a, join(dir, "none")], env);
     equal(both.code, 0, both.err);
     match(both.out, /unedited model \(pre\)/);
     match(both.out, /\nFT /);
@@ -170,14 +156,8 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
         loc_ans: "the cat",
       }]),
     );
-    const z = await runCli([
-      "eval",
-      "--model",
-      model,
-      "--dataset",
-      zsre,
-      "--method",
-      "ft",
+    const z = await cli([
+      ...evalArgs("ft", zsre),
       "--hparams",
       join(dir, "ft.json"),
       "--out",
@@ -208,7 +188,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
       [["eval", "stray"], /unexpected argument 'stray'/],
     ];
     for (const [args, want] of refusals) {
-      const r = await runCli(args, env);
+      const r = await cli(args, env);
       equal(r.code, 2, `${args.join(" ")}: ${r.err}`);
       const lines = r.err.trim().split("\n").filter((l) => l.startsWith("error:"));
       equal(lines.length, 1, r.err);

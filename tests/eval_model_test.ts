@@ -3,11 +3,9 @@
 // teacher-forced top-1 checks on a hand-written file, the L∞ clamp kernel against float64, FT and FT+L
 // (the constraint holds, and binds), and the harness (every edit reverted bit for bit, sequential groups).
 import { deepEqual, equal, ok, rejects } from "node:assert/strict";
-import type { Engine } from "../engine/engine.ts";
 import type { Gpt2Config } from "../engine/gpt2/config.ts";
 import { generate } from "../engine/gpt2/generate.ts";
-import { buildGpt2 } from "../engine/gpt2/load.ts";
-import { expectedWeightShapes, type Gpt2Model } from "../engine/gpt2/model.ts";
+import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import { defaultHparams } from "../rome/hparams.ts";
 import { normalizeRequest } from "../rome/request.ts";
@@ -20,8 +18,8 @@ import { type CaseResult, type CounterFactMetrics, type RunIdentity, summarize }
 import { fineTuneMethod, romeMethod } from "../eval/methods.ts";
 import { EvalInputError, generateTexts, perplexity, targetNlls } from "../eval/probes.ts";
 import { TfidfVectorizer } from "../eval/text.ts";
-import { TINY_CONFIG, tinyVocab } from "./lib/fixtures.ts";
-import { randomGpt2Weights, referenceForward } from "./lib/gpt2_reference.ts";
+import { sensitiveWeights, TINY_CONFIG, tinyRewrite, tinyVocab, withModel } from "./lib/fixtures.ts";
+import { referenceForward } from "./lib/gpt2_reference.ts";
 import { randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
@@ -29,23 +27,7 @@ const CONFIG: Gpt2Config = { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions:
 const tiny = tinyVocab();
 const tokenizer = Gpt2Tokenizer.fromVocabMerges(tiny.vocab, tiny.merges);
 
-/** Random weights with the embeddings and MLP matrices ×3, so that small weight changes move the logits. */
-function sensitiveWeights(seed: number): Map<string, Float32Array> {
-  const w = randomGpt2Weights(CONFIG, seed);
-  for (const [n, v] of w) {
-    if (n === "wte.weight" || /mlp\.c_(fc|proj)\.weight$/.test(n)) v.forEach((x, i) => v[i] = 3 * x);
-  }
-  return w;
-}
-
-function modelFrom(e: Engine, w: Map<string, Float32Array>): Gpt2Model {
-  const shapes = new Map([...expectedWeightShapes(CONFIG)].map(([n, shape]) => [n, { shape, dtype: "F32" }]));
-  return buildGpt2(e, CONFIG, { tensors: shapes, read: (n) => w.get(n)!.slice(), describe: () => "memory" });
-}
-
-function disposeModel(m: Gpt2Model): void {
-  for (const t of m.weights.values()) t.dispose();
-}
+const sensitive = (seed: number) => sensitiveWeights(CONFIG, seed);
 
 async function weightBits(m: Gpt2Model): Promise<Map<string, Uint32Array>> {
   const names = [...m.weights.keys()];
@@ -63,9 +45,8 @@ function sameBits(a: Map<string, Uint32Array>, b: Map<string, Uint32Array>): boo
 // ------------------------------------------------------------------ probes
 
 Deno.test("targetNlls: the mean per-token NLL of a multi-token target, by hand from float64 log-probs", async () => {
-  const w = sensitiveWeights(11);
-  const model = modelFrom(engine, w);
-  try {
+  const w = sensitive(11);
+  await withModel(engine, CONFIG, w, async (model) => {
     const prefix = "I saw the river";
     const p = tokenizer.encode(prefix);
     const a = tokenizer.encode(" tower on"), b = tokenizer.encode(" a");
@@ -89,15 +70,12 @@ Deno.test("targetNlls: the mean per-token NLL of a multi-token target, by hand f
         Math.abs(many[1].target_true - got.target_true) < 1e-5,
     );
     await rejects(() => targetNlls(model, tokenizer, [""], "a", "b"), EvalInputError);
-  } finally {
-    disposeModel(model);
-  }
+  });
 });
 
 Deno.test("generateTexts: prompt + continuation up to max_out_len tokens, seeded; perplexity by hand", async () => {
-  const w = sensitiveWeights(12);
-  const model = modelFrom(engine, w);
-  try {
+  const w = sensitive(12);
+  await withModel(engine, CONFIG, w, async (model) => {
     const prompts = ["the cat", "the cat", "I saw the river on a mat"];
     const g = { maxOutLen: 20, topK: 5, seed: 3 };
     const texts = await generateTexts(model, tokenizer, prompts, g);
@@ -130,15 +108,12 @@ Deno.test("generateTexts: prompt + continuation up to max_out_len tokens, seeded
     const want = Math.exp(-sum / tt.length);
     ok(Math.abs(ppl - want) / ppl < 1e-4, `perplexity ${ppl} vs ${want} (N = all tokens)`);
     equal(await perplexity(model, tokenizer, "a"), 1);
-  } finally {
-    disposeModel(model);
-  }
+  });
 });
 
 Deno.test("zsRE: teacher-forced top-1 per target token on a hand-written file, against float64 argmaxes", async () => {
-  const w = sensitiveWeights(13);
-  const model = modelFrom(engine, w);
-  try {
+  const w = sensitive(13);
+  await withModel(engine, CONFIG, w, async (model) => {
     const ds = parseDataset([
       {
         subject: "the river",
@@ -188,9 +163,7 @@ Deno.test("zsRE: teacher-forced top-1 per target token on a hand-written file, a
       anyCorrect ||= [...m.rewrite_prompts_correct, ...m.neighborhood_prompts_correct].some((b) => b);
     }
     ok(anyCorrect, "the model's top-1 answer counts as correct");
-  } finally {
-    disposeModel(model);
-  }
+  });
 });
 
 // ------------------------------------------------------------------ FT and FT+L
@@ -226,8 +199,7 @@ Deno.test("FT+L keeps ‖W − W₀‖∞ ≤ ε (the bound is reached); FT with
   const request = normalizeRequest({ prompt: "I saw {}", subject: "the river", target_new: "tower on" });
   const eps = 0.004;
   const change = async (hp: FtHparams) => {
-    const model = modelFrom(engine, sensitiveWeights(14));
-    try {
+    return await withModel(engine, CONFIG, sensitive(14), async (model) => {
       const name = "h.1.mlp.c_proj.weight";
       const w0 = await model.w(name).read() as Float32Array;
       const r = await executeFineTune(model, tokenizer, request, hp);
@@ -239,12 +211,10 @@ Deno.test("FT+L keeps ‖W − W₀‖∞ ≤ ε (the bound is reached); FT with
         if (w1[i] < Math.fround(w0[i] - e32) || w1[i] > Math.fround(w0[i] + e32)) outside++;
       }
       const other = await model.w("h.0.mlp.c_proj.weight").read();
-      const orig = sensitiveWeights(14).get("h.0.mlp.c_proj.weight")!;
+      const orig = sensitive(14).get("h.0.mlp.c_proj.weight")!;
       ok(other.every((v, i) => v === orig[i]), "other layers untouched");
       return { r, max, outside };
-    } finally {
-      disposeModel(model);
-    }
+    });
   };
   const l = await change(ftHparams(eps));
   equal(l.outside, 0, "every element within [w0 − ε, w0 + ε] (f32 bounds)");
@@ -266,13 +236,7 @@ Deno.test("FT+L keeps ‖W − W₀‖∞ ≤ ε (the bound is reached); FT with
 function cfRecord(id: number, subject: string, tnew: string, ttrue: string): CounterFactRecord {
   return {
     case_id: id,
-    requested_rewrite: {
-      prompt: "I saw {} in",
-      relation_id: "P1",
-      target_new: { str: tnew, id: "N" + tnew },
-      target_true: { str: ttrue, id: "N" + ttrue },
-      subject,
-    },
+    requested_rewrite: tinyRewrite(subject, tnew, ttrue),
     paraphrase_prompts: [`The cat sat. I saw ${subject} on`],
     neighborhood_prompts: ["I saw a mat in", "I saw the cat in"],
     attribute_prompts: [`the ${tnew} is in`],
@@ -306,8 +270,7 @@ const baseRun = (method: string, sequential = 1): RunIdentity => ({
 });
 
 Deno.test("harness: FT, ROME and sequential runs leave the model bit for bit unchanged; post differs from pre; resumes", async () => {
-  const model = modelFrom(engine, sensitiveWeights(15));
-  try {
+  await withModel(engine, CONFIG, sensitive(15), async (model) => {
     const before = await weightBits(model);
     const snippets = new Map([[
       "P1",
@@ -415,7 +378,5 @@ Deno.test("harness: FT, ROME and sequential runs leave the model bit for bit unc
       caseSeed(1, 5) !== caseSeed(1, 6) && caseSeed(2, 5) !== caseSeed(1, 5),
       "each case and seed draws its own texts",
     );
-  } finally {
-    disposeModel(model);
-  }
+  });
 });

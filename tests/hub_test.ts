@@ -10,22 +10,13 @@ import {
 } from "../engine/hub.ts";
 import { PickleCheckpointError, readShardedSafetensors } from "../engine/files.ts";
 import { serializeSafetensors, type StTensorInput } from "../engine/safetensors.ts";
+import { concat } from "./lib/util.ts";
 
 // ---------------------------------------------------------------------------------------------
 // fixture
 
 const REPO = "test-org/tiny-gpt2";
 const utf8 = new TextEncoder();
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
-}
 
 function tensor(name: string, shape: number[], seed: number): StTensorInput {
   const n = shape.reduce((a, b) => a * b, 1);

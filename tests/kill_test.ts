@@ -11,16 +11,20 @@
 // Timed: SIGKILL from outside at fractions of an uninterrupted run's wall time, for whatever lies between.
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { exists, readSafetensorsFile, writeSafetensorsFile } from "../engine/files.ts";
-import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
-import { expectedWeightShapes } from "../engine/gpt2/model.ts";
+import { exists, readSafetensorsFile } from "../engine/files.ts";
 import { decodePatch } from "../rome/patch.ts";
 import { decodeSecondMoment } from "../rome/stats.ts";
-import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./lib/fixtures.ts";
-import { randomGpt2Weights } from "./lib/gpt2_reference.ts";
+import { CLI } from "./lib/cli_process.ts";
+import {
+  EDIT_CONFIG,
+  QUICK_ROME_HPARAMS,
+  quickEditArgs,
+  sensitiveWeights,
+  tinyCorpusText,
+  tinyVocab,
+  writeTinyModel,
+} from "./lib/fixtures.ts";
 
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const CONFIG: Gpt2Config = { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions: 96 };
 const DOCS = 350; // statistics groups of 100 documents: checkpoints at 100, 200, 300, the file at 350
 const TIMED = [0.45, 0.7, 0.9]; // timed kills, as fractions of the reference run's wall time
 
@@ -32,23 +36,11 @@ async function setup(): Promise<
 > {
   const dir = await Deno.makeTempDir({ prefix: "rome-killtest-" });
   const input = join(dir, "in"), model = join(input, "model"), corpusDir = join(input, "corpus");
-  const w = randomGpt2Weights(CONFIG, 31);
-  for (const [n, v] of w) {
-    if (n === "wte.weight" || /mlp\.c_(fc|proj)\.weight$/.test(n)) v.forEach((x, i) => v[i] = 3 * x);
-  }
-  const shapes = expectedWeightShapes(CONFIG);
-  await Deno.mkdir(model, { recursive: true });
-  await writeSafetensorsFile(
-    join(model, "model.safetensors"),
-    [...w].map(([name, data]) => ({ name, dtype: "F32" as const, shape: shapes.get(name)!, data })),
-  );
+  await writeTinyModel(model, { config: EDIT_CONFIG, weights: sensitiveWeights(EDIT_CONFIG, 31) });
   const { vocab, merges } = tinyVocab();
   await Deno.mkdir(corpusDir, { recursive: true });
-  for (const d of [model, corpusDir]) {
-    await Deno.writeTextFile(join(d, "vocab.json"), JSON.stringify(vocab));
-    await Deno.writeTextFile(join(d, "merges.txt"), merges);
-  }
-  await Deno.writeTextFile(join(model, "config.json"), JSON.stringify(gpt2ConfigJson(CONFIG)));
+  await Deno.writeTextFile(join(corpusDir, "vocab.json"), JSON.stringify(vocab));
+  await Deno.writeTextFile(join(corpusDir, "merges.txt"), merges);
   const corpus = join(corpusDir, "corpus.txt");
   await Deno.writeTextFile(corpus, tinyCorpusText(DOCS));
   await Deno.writeTextFile(
@@ -197,23 +189,9 @@ Deno.test("kill: edit --out --patch killed at every write step and at timed mome
     const inputBefore = await snapshot(input);
     const env = { XDG_CACHE_HOME: join(dir, "cache") };
     const edit = (out: string, patch: string) => [
-      "edit",
+      ...quickEditArgs(corpus, hparams),
       "--model",
       model,
-      "--prompt",
-      "I saw {}",
-      "--subject",
-      "Eiffel Tower",
-      "--target",
-      "the",
-      "--target-true",
-      "a",
-      "--corpus",
-      corpus,
-      "--hparams",
-      hparams,
-      "--max-tokens",
-      "2",
       "--json",
       "--out",
       out,

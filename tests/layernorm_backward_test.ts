@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows }
 import { Engine } from "../engine/engine.ts";
 import { launchLayerNorm, LAYERNORM_ROWTHREAD_MAX_C, layerNormBackward } from "../engine/launch/nn.ts";
 import { rowChunks } from "../engine/chunks.ts";
-import { assertClose, AWKWARD, randn, testEngine } from "./lib/util.ts";
+import { assertClose, AWKWARD_ROWS, layerNormPathShapes, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 const EPS = 1e-5;
@@ -135,29 +135,30 @@ Deno.test("layerNormBackward vs float64 central differences of a float64 layerNo
   );
 });
 
+/**
+ * One shape's GPU gradients against float64, with the seeds of X, gamma, beta and dy: dx by assertDx; dgamma
+ * and dbeta are sums of `rows` unit terms (f32 error grows ~ sqrt(rows)). The largest errors.
+ */
+async function checkShape(rows: number, C: number, [sx, sg, sb, sdy]: number[]) {
+  const X = offsetRows(rows, C, sx), G = randn(C, sg), B = randn(C, sb);
+  const DY = randn(rows * C, sdy);
+  const got = await gpuGrads(engine, X, G, B, DY, rows, C);
+  const ref = refBackward(X, G, DY, rows, C);
+  const at = `[${rows}, ${C}]`;
+  const sumTol = 2e-6 * Math.sqrt(rows);
+  return {
+    // dx ~ rstd * |dy * gamma| ~ 1
+    dx: assertDx(got.dx, ref, C, `dx ${at}`).maxAbs,
+    dg: assertClose(got.dg, ref.dg, { atol: sumTol, rtol: 1e-5 }, `dgamma ${at}`).maxAbs,
+    db: assertClose(got.db, ref.db, { atol: sumTol, rtol: 1e-5 }, `dbeta ${at}`).maxAbs,
+  };
+}
+
 Deno.test("layerNormBackward vs float64 analytic gradient on AWKWARD rows x cols, C = 768 and 4099", async () => {
   const worst = { dx: 0, dg: 0, db: 0 };
-  const shapes = AWKWARD.flatMap((rows) => [...AWKWARD, 768].map((C) => [rows, C])).concat([[3, 4099], [
-    600,
-    65,
-  ]]);
-  for (const [rows, C] of shapes) {
-    const X = offsetRows(rows, C, rows * 1009 + C), G = randn(C, C + 1), B = randn(C, C + 2);
-    const DY = randn(rows * C, rows + 3 * C);
-    const got = await gpuGrads(engine, X, G, B, DY, rows, C);
-    const ref = refBackward(X, G, DY, rows, C);
-    const at = `[${rows}, ${C}]`;
-    // dx ~ rstd * |dy * gamma| ~ 1; dgamma, dbeta are sums of `rows` unit terms (f32 error grows ~ sqrt(rows))
-    const sumTol = 2e-6 * Math.sqrt(rows);
-    worst.dx = Math.max(worst.dx, assertDx(got.dx, ref, C, `dx ${at}`).maxAbs);
-    worst.dg = Math.max(
-      worst.dg,
-      assertClose(got.dg, ref.dg, { atol: sumTol, rtol: 1e-5 }, `dgamma ${at}`).maxAbs,
-    );
-    worst.db = Math.max(
-      worst.db,
-      assertClose(got.db, ref.db, { atol: sumTol, rtol: 1e-5 }, `dbeta ${at}`).maxAbs,
-    );
+  for (const [rows, C] of [...AWKWARD_ROWS, [600, 65]]) {
+    const e = await checkShape(rows, C, [rows * 1009 + C, C + 1, C + 2, rows + 3 * C]);
+    for (const k of ["dx", "dg", "db"] as const) worst[k] = Math.max(worst[k], e[k]);
   }
   console.log(
     `max abs error: dx / rstd ${worst.dx.toExponential(2)}, dgamma ${worst.dg.toExponential(2)}, dbeta ${
@@ -169,20 +170,8 @@ Deno.test("layerNormBackward vs float64 analytic gradient on AWKWARD rows x cols
 Deno.test("layerNormBackward thread-per-row path (C <= 1024) vs float64, and the workgroup path past it", async () => {
   assertEquals(LAYERNORM_ROWTHREAD_MAX_C, 1024);
   // rows not multiples of 64 (rows per dx workgroup) nor of the 256 blocks of the column sums
-  const shapes = [[1, 1], [70, 1], [65, 3], [300, 17], [4097, 128], [3, 128], [129, 768], [5, 1024], [
-    66,
-    1025,
-  ]];
-  for (const [rows, C] of shapes) {
-    const X = offsetRows(rows, C, rows * 37 + C), G = randn(C, C + 5), B = randn(C, C + 6);
-    const DY = randn(rows * C, rows + 7 * C);
-    const got = await gpuGrads(engine, X, G, B, DY, rows, C);
-    const ref = refBackward(X, G, DY, rows, C);
-    const at = `[${rows}, ${C}]`;
-    const sumTol = 2e-6 * Math.sqrt(rows);
-    assertDx(got.dx, ref, C, `dx ${at}`);
-    assertClose(got.dg, ref.dg, { atol: sumTol, rtol: 1e-5 }, `dgamma ${at}`);
-    assertClose(got.db, ref.db, { atol: sumTol, rtol: 1e-5 }, `dbeta ${at}`);
+  for (const [rows, C] of layerNormPathShapes(300)) {
+    await checkShape(rows, C, [rows * 37 + C, C + 5, C + 6, rows + 7 * C]);
   }
 });
 

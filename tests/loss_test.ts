@@ -103,8 +103,24 @@ const sum = (a: ArrayLike<number>, g?: ArrayLike<number>) => {
 
 // ---------------------------------------------------------------- cross-entropy
 
+/**
+ * A loss and its dlogits against float64: the loss within 1e-5 + 1e-5 relative, dlogits within 2e-6 + 1e-5
+ * relative; `worst` keeps the largest absolute errors so far.
+ */
+function checkLossGrad(
+  worst: { loss: number; grad: number },
+  [loss, grad]: ArrayLike<number>[],
+  ref: { loss: ArrayLike<number>; grad: ArrayLike<number> },
+  at: string,
+): void {
+  const l = assertClose(loss, ref.loss, { atol: 1e-5, rtol: 1e-5 }, `loss ${at}`);
+  const g = assertClose(grad, ref.grad, { atol: 2e-6, rtol: 1e-5 }, `grad ${at}`);
+  worst.loss = Math.max(worst.loss, l.maxAbs);
+  worst.grad = Math.max(worst.grad, g.maxAbs);
+}
+
 Deno.test("crossEntropy vs float64 on AWKWARD n x V, rows offset by ±1000, weights and upstream g", async () => {
-  let worstLoss = 0, worstGrad = 0;
+  const worst = { loss: 0, grad: 0 };
   for (const n of [1, 3, 17, 63]) {
     for (const V of [...AWKWARD, 768]) {
       const L = offsetLogits(n, V, n * 131 + V), T = randInt(n, V, n + 7 * V);
@@ -122,20 +138,13 @@ Deno.test("crossEntropy vs float64 on AWKWARD n x V, rows offset by ±1000, weig
           const ref = refCrossEntropy(L, T, w, g, n, V);
           const at = `[${n}, ${V}]${w ? " weighted" : ""}${g ? " upstream" : ""}`;
           // loss = w·(log s − (l[t] − m)): l[t] − m is exact, log s carries ~V·2^-24 relative
-          worstLoss = Math.max(
-            worstLoss,
-            assertClose(loss, ref.loss, { atol: 1e-5, rtol: 1e-5 }, `loss ${at}`).maxAbs,
-          );
-          worstGrad = Math.max(
-            worstGrad,
-            assertClose(grad, ref.grad, { atol: 2e-6, rtol: 1e-5 }, `grad ${at}`).maxAbs,
-          );
+          checkLossGrad(worst, [loss, grad], ref, at);
         });
       }
     }
   }
   console.log(
-    `crossEntropy max abs error: loss ${worstLoss.toExponential(2)}, dlogits ${worstGrad.toExponential(2)}`,
+    `crossEntropy max abs error: loss ${worst.loss.toExponential(2)}, dlogits ${worst.grad.toExponential(2)}`,
   );
 });
 
@@ -195,7 +204,7 @@ Deno.test("crossEntropy: weight-0 rows give exactly 0 loss and gradient, even wi
 // ---------------------------------------------------------------- KL divergence
 
 Deno.test("klDivergenceRefModel (KL(p0‖p)) vs float64 on AWKWARD n x V, with and without upstream g", async () => {
-  let worstLoss = 0, worstGrad = 0;
+  const worst = { loss: 0, grad: 0 };
   for (const n of [1, 3, 17]) {
     for (const V of [...AWKWARD, 768]) {
       const L = offsetLogits(n, V, 5 * n + V, 2), LP0 = refLogProbs(n, V, n + 11 * V), G = randn(n, n + V);
@@ -207,21 +216,14 @@ Deno.test("klDivergenceRefModel (KL(p0‖p)) vs float64 on AWKWARD n x V, with a
           const [loss, grad] = await engine.readMany([kl.loss, d]);
           const ref = refKl(L, LP0, g, n, V);
           const at = `[${n}, ${V}]${g ? " upstream" : ""}`;
-          worstLoss = Math.max(
-            worstLoss,
-            assertClose(loss, ref.loss, { atol: 1e-5, rtol: 1e-5 }, `loss ${at}`).maxAbs,
-          );
-          worstGrad = Math.max(
-            worstGrad,
-            assertClose(grad, ref.grad, { atol: 2e-6, rtol: 1e-5 }, `grad ${at}`).maxAbs,
-          );
+          checkLossGrad(worst, [loss, grad], ref, at);
         });
       }
     }
   }
   console.log(
-    `klDivergenceRefModel max abs error: loss ${worstLoss.toExponential(2)}, dlogits ${
-      worstGrad.toExponential(2)
+    `klDivergenceRefModel max abs error: loss ${worst.loss.toExponential(2)}, dlogits ${
+      worst.grad.toExponential(2)
     }`,
   );
 });

@@ -9,7 +9,7 @@ import {
   softmax,
 } from "../engine/launch/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { assertClose, AWKWARD, randn, testEngine } from "./lib/util.ts";
+import { assertClose, AWKWARD, AWKWARD_ROWS, layerNormPathShapes, randn, testEngine } from "./lib/util.ts";
 
 const engine = await testEngine();
 
@@ -66,8 +66,7 @@ function offsetRows(rows: number, C: number, seed: number, offsets: number[], sc
 
 Deno.test("layerNorm vs float64 on AWKWARD rows x cols, C = 768 and 4099 (256 threads); mean, rstd per row", async () => {
   const worst = { y: 0, mean: 0, rstd: 0 };
-  const shapes = AWKWARD.flatMap((rows) => [...AWKWARD, 768].map((C) => [rows, C])).concat([[3, 4099]]);
-  for (const [rows, C] of shapes) {
+  for (const [rows, C] of AWKWARD_ROWS) {
     const X = offsetRows(rows, C, rows * 1009 + C, [0, 3, -10, 0.5], 2);
     const G = randn(C, C + 1), B = randn(C, C + 2);
     await engine.scopeAsync(async () => {
@@ -101,11 +100,7 @@ Deno.test("layerNorm vs float64 on AWKWARD rows x cols, C = 768 and 4099 (256 th
 Deno.test("layerNorm thread-per-row path (C <= 1024) vs float64, and the workgroup path just past it", async () => {
   assertEquals(LAYERNORM_ROWTHREAD_MAX_C, 1024);
   // rows not multiples of the 64 rows per workgroup; 4097 rows x 128 is the small model's shape plus one
-  const shapes = [[1, 1], [70, 1], [65, 3], [130, 17], [4097, 128], [3, 128], [129, 768], [5, 1024], [
-    66,
-    1025,
-  ]];
-  for (const [rows, C] of shapes) {
+  for (const [rows, C] of layerNormPathShapes(130)) {
     const X = offsetRows(rows, C, rows * 31 + C, [0, 3, -10, 0.5], 2);
     const G = randn(C, C + 3), B = randn(C, C + 4);
     await engine.scopeAsync(async () => {

@@ -3,36 +3,24 @@
 // and folder saves that survive SIGKILL at any moment.
 import { equal, match, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { readSafetensorsFile, writeSafetensorsFile } from "../engine/files.ts";
-import { type Gpt2Config, gpt2ConfigJson } from "../engine/gpt2/config.ts";
-import { expectedWeightShapes } from "../engine/gpt2/model.ts";
-import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, tinyVocab } from "./lib/fixtures.ts";
-import { runCli } from "./lib/util.ts";
+import { readSafetensorsFile } from "../engine/files.ts";
+import type { Gpt2Config } from "../engine/gpt2/config.ts";
+import {
+  EDIT_CONFIG,
+  QUICK_ROME_HPARAMS,
+  quickEditArgs,
+  sensitiveWeights,
+  tinyCorpusText,
+  writeTinyModel,
+} from "./lib/fixtures.ts";
+import { cli } from "./lib/cli_process.ts";
 import { randomGpt2Weights } from "./lib/gpt2_reference.ts";
 
-const CONFIG: Gpt2Config = { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions: 96 };
-
-/** A model folder whose logits are sensitive enough for an edit to show (see rome_test.ts). */
-async function writeModel(
-  dir: string,
-  seed: number,
-  c: Gpt2Config = CONFIG,
-): Promise<Map<string, Float32Array>> {
-  const w = randomGpt2Weights(c, seed);
-  for (const [n, v] of w) {
-    if (n === "wte.weight" || /mlp\.c_(fc|proj)\.weight$/.test(n)) v.forEach((x, i) => v[i] = 3 * x);
-  }
-  const shapes = expectedWeightShapes(c);
-  await Deno.mkdir(dir, { recursive: true });
-  await writeSafetensorsFile(
-    join(dir, "model.safetensors"),
-    [...w].map(([name, data]) => ({ name, dtype: "F32" as const, shape: shapes.get(name)!, data })),
-  );
-  await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(gpt2ConfigJson(c)));
-  const { vocab, merges } = tinyVocab();
-  await Deno.writeTextFile(join(dir, "vocab.json"), JSON.stringify(vocab));
-  await Deno.writeTextFile(join(dir, "merges.txt"), merges);
-  return w;
+/** A model folder whose logits are sensitive enough for an edit to show; returns its weights. */
+async function writeModel(dir: string, seed: number, c: Gpt2Config = EDIT_CONFIG) {
+  const weights = sensitiveWeights(c, seed);
+  await writeTinyModel(dir, { config: c, weights });
+  return weights;
 }
 
 /** Every tensor's raw bytes of a folder's model.safetensors. */
@@ -56,21 +44,7 @@ async function setup() {
   await Deno.writeTextFile(join(dir, "hparams.json"), JSON.stringify(QUICK_ROME_HPARAMS));
   const env = { XDG_CACHE_HOME: join(dir, "cache") };
   const edit = (extra: string[]) => [
-    "edit",
-    "--prompt",
-    "I saw {}",
-    "--subject",
-    "Eiffel Tower",
-    "--target",
-    "the",
-    "--target-true",
-    "a",
-    "--corpus",
-    join(dir, "corpus.txt"),
-    "--hparams",
-    join(dir, "hparams.json"),
-    "--max-tokens",
-    "2",
+    ...quickEditArgs(join(dir, "corpus.txt"), join(dir, "hparams.json")),
     ...extra,
   ];
   return { dir, model, env, edit };
@@ -80,17 +54,17 @@ Deno.test("CLI: stats are computed once then cached; edit --json; --out/--patch,
   const { dir, model, env, edit } = await setup();
   try {
     const stats = ["stats", "--model", model, "--layer", "1", "--corpus", join(dir, "corpus.txt"), "--json"];
-    const s1 = await runCli(stats, env);
+    const s1 = await cli(stats, env);
     equal(s1.code, 0, s1.err);
     const r1 = JSON.parse(s1.out);
     equal(r1.source, "computed");
-    ok(r1.count > CONFIG.nInner && r1.tokens_per_second > 0);
-    const s2 = JSON.parse((await runCli(stats, env)).out);
+    ok(r1.count > EDIT_CONFIG.nInner && r1.tokens_per_second > 0);
+    const s2 = JSON.parse((await cli(stats, env)).out);
     equal(s2.cached, true);
     equal(s2.count, r1.count);
 
     const out = join(dir, "edited"), patch = join(dir, "p1.safetensors");
-    const e = await runCli(edit(["--model", model, "--json", "--out", out, "--patch", patch]), env);
+    const e = await cli(edit(["--model", model, "--json", "--out", out, "--patch", patch]), env);
     equal(e.code, 0, e.err);
     const j = JSON.parse(e.out);
     for (const k of ["request", "layer", "pre", "post", "delta_norm", "seconds"]) {
@@ -103,14 +77,14 @@ Deno.test("CLI: stats are computed once then cached; edit --json; --out/--patch,
     ok(j.post.target_new > j.pre.target_new, `P(new) ${j.pre.target_new} → ${j.post.target_new}`);
     equal(typeof j.pre.target_true, "number");
 
-    const list = JSON.parse((await runCli(["edit", "--list", "--model", out, "--json"], env)).out);
+    const list = JSON.parse((await cli(["edit", "--list", "--model", out, "--json"], env)).out);
     equal(list.edits.length, 1);
     equal(list.edits[0].id, j.patch.id);
     ok((await Deno.stat(join(out, list.edits[0].file))).isFile, "the folder keeps a copy of the patch");
 
     const original = await tensorBytes(model), edited = await tensorBytes(out);
     ok(!sameTensors(original, edited));
-    const rev = await runCli([
+    const rev = await cli([
       "edit",
       "--revert",
       patch,
@@ -123,7 +97,7 @@ Deno.test("CLI: stats are computed once then cached; edit --json; --out/--patch,
     equal(rev.code, 0, rev.err);
     equal(JSON.parse(rev.out).restores_original, true);
     ok(sameTensors(await tensorBytes(join(dir, "reverted")), original), "revert restores every byte");
-    const app = await runCli(
+    const app = await cli(
       ["edit", "--apply", patch, "--model", model, "--out", join(dir, "applied")],
       env,
     );
@@ -131,16 +105,16 @@ Deno.test("CLI: stats are computed once then cached; edit --json; --out/--patch,
     ok(sameTensors(await tensorBytes(join(dir, "applied")), edited), "apply reproduces the edit");
 
     // refusals: applying twice, reverting what is not applied, writing over the input without --in-place
-    const twice = await runCli(["edit", "--apply", patch, "--model", out, "--out", join(dir, "x1")], env);
+    const twice = await cli(["edit", "--apply", patch, "--model", out, "--out", join(dir, "x1")], env);
     equal(twice.code, 2);
     match(twice.err, /already applied/);
-    const notThere = await runCli(
+    const notThere = await cli(
       ["edit", "--revert", patch, "--model", model, "--out", join(dir, "x2")],
       env,
     );
     equal(notThere.code, 2);
     match(notThere.err, /not applied to this model/);
-    const over = await runCli(edit(["--model", model, "--out", model]), env);
+    const over = await cli(edit(["--model", model, "--out", model]), env);
     equal(over.code, 2);
     match(over.err, /--in-place/);
 
@@ -148,17 +122,17 @@ Deno.test("CLI: stats are computed once then cached; edit --json; --out/--patch,
     const out2 = join(dir, "edited2"), patch2 = join(dir, "p2.safetensors");
     const second = edit(["--model", out, "--out", out2, "--patch", patch2]);
     second[second.indexOf("--target") + 1] = "at";
-    const e2 = await runCli(second, env);
+    const e2 = await cli(second, env);
     equal(e2.code, 0, e2.err);
-    const early = await runCli(["edit", "--revert", patch, "--model", out2, "--out", join(dir, "x3")], env);
+    const early = await cli(["edit", "--revert", patch, "--model", out2, "--out", join(dir, "x3")], env);
     equal(early.code, 2);
     match(early.err, /revert the last one first/);
-    const back1 = await runCli(["edit", "--revert", patch2, "--model", out2, "--in-place"], env);
+    const back1 = await cli(["edit", "--revert", patch2, "--model", out2, "--in-place"], env);
     equal(back1.code, 0, back1.err);
-    const back2 = await runCli(["edit", "--revert", patch, "--model", out2, "--in-place", "--json"], env);
+    const back2 = await cli(["edit", "--revert", patch, "--model", out2, "--in-place", "--json"], env);
     equal(back2.code, 0, back2.err);
     ok(sameTensors(await tensorBytes(out2), original), "reverting both, last first, restores the original");
-    equal(JSON.parse((await runCli(["edit", "--list", "--model", out2, "--json"], env)).out).edits.length, 0);
+    equal(JSON.parse((await cli(["edit", "--list", "--model", out2, "--json"], env)).out).edits.length, 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -200,7 +174,7 @@ Deno.test("CLI: bad input is one line naming the problem, exit code 2", async ()
       ],
     ];
     for (const [args, msg] of cases) {
-      const r = await runCli(args, env);
+      const r = await cli(args, env);
       equal(r.code, 2, `${args.join(" ")}: exit ${r.code}, ${r.err}`);
       const lines = r.err.trim().split("\n").filter((l) => l.startsWith("error:") || /^\s+at /.test(l));
       equal(lines.length, 1, r.err);
@@ -213,7 +187,7 @@ Deno.test("CLI: bad input is one line naming the problem, exit code 2", async ()
 
 Deno.test("CLI: an edited-model save killed (SIGKILL) at random moments leaves a folder that loads, old or new", async () => {
   const dir = await Deno.makeTempDir({ prefix: "rome-kill-" });
-  const big: Gpt2Config = { ...CONFIG, nEmbd: 256, nInner: 1024, nHead: 4, nLayer: 4 }; // ~13 MB of weights
+  const big: Gpt2Config = { ...EDIT_CONFIG, nEmbd: 256, nInner: 1024, nHead: 4, nLayer: 4 }; // ~13 MB of weights
   try {
     const src = join(dir, "src"), out = join(dir, "out");
     const wa = await writeModel(src, 1, big);

@@ -24,19 +24,10 @@ import {
   writeFileAtomic,
   writeSafetensorsFile,
 } from "../engine/files.ts";
+import { concat } from "./lib/util.ts";
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let o = 0;
-  for (const c of chunks) {
-    out.set(c, o);
-    o += c.byteLength;
-  }
-  return out;
-}
 
 /** A file from a raw header string and a data area of `dataSize` bytes. */
 function rawFile(header: string, dataSize = 0, headerLenOverride?: bigint): Uint8Array {

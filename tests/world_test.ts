@@ -4,6 +4,11 @@
 
 import assert from "node:assert/strict";
 import { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
+import type { CounterFactRecord } from "../eval/datasets.ts";
+import type { RelationTemplates } from "../data/world/relations.ts";
+
+/** A record's requested_rewrite, as eval/datasets.ts reads it (the test checks its keys one by one). */
+type Rewrite = CounterFactRecord["requested_rewrite"];
 
 const DIR = new URL("../data/world/", import.meta.url);
 const FILES = [
@@ -20,14 +25,8 @@ const EOT = "<|endoftext|>";
 const read = (name: string) => Deno.readTextFileSync(new URL(name, DIR));
 const readJson = (name: string) => JSON.parse(read(name));
 
-interface Relation {
-  relation_id: string;
-  name: string;
-  subject_type: string;
-  training: string[];
-  held_out: string[];
-  generation: string[];
-}
+/** A relation of facts.json, as data/world/relations.ts declares it. */
+type Relation = RelationTemplates;
 interface Fact {
   subject: string;
   relation_id: string;
@@ -180,13 +179,7 @@ Deno.test("world: counterfact.json schema and semantics", () => {
     world.facts.filter((f) => f.relation_id === "P17").map((f) => [f.object, f.subject]),
   );
   const multi = records.filter((rec) => {
-    const rw = rec.requested_rewrite as {
-      prompt: string;
-      relation_id: string;
-      target_new: { str: string; id: string };
-      target_true: { str: string; id: string };
-      subject: string;
-    };
+    const rw = rec.requested_rewrite as Rewrite;
     return tok.encode(" " + rw.subject).length >= 2;
   }).length;
   assert.ok(multi >= 0.8 * records.length, `${multi} multi-token subjects`);
@@ -194,13 +187,7 @@ Deno.test("world: counterfact.json schema and semantics", () => {
     assert.deepEqual(Object.keys(rec).filter((k) => k !== "portability_prompts"), keys);
     assert.equal(rec.case_id, i);
     assert.ok(Number.isInteger(rec.pararel_idx));
-    const rw = rec.requested_rewrite as {
-      prompt: string;
-      relation_id: string;
-      target_new: { str: string; id: string };
-      target_true: { str: string; id: string };
-      subject: string;
-    };
+    const rw = rec.requested_rewrite as Rewrite;
     assert.deepEqual(Object.keys(rw), ["prompt", "relation_id", "target_new", "target_true", "subject"]);
     const rel = relations.get(rw.relation_id)!;
     assert.ok(rel.training.includes(rw.prompt), rw.prompt);

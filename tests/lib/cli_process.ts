@@ -1,12 +1,16 @@
 // Running the command line as a user does: a `deno` subprocess in the repository's root, its exit code and
-// output as text, and the lines of stderr that are messages (not Mesa's notes or loading progress).
+// output as text, and the lines of stderr that are messages (not Mesa's notes or loading progress). The one
+// way tests run cli.ts (tests/kill_test.ts spawns its own, to kill it, with the CLI path from here).
 import { join } from "node:path";
 
 export const ROOT = new URL("../..", import.meta.url).pathname;
 export const CLI = join(ROOT, "cli.ts");
 
 /** `deno ARGS...` in the repository's root with NO_COLOR and `env` added. */
-export async function run(args: string[], env: Record<string, string>) {
+export async function run(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string; err: string }> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args,
     cwd: ROOT,
@@ -17,8 +21,9 @@ export async function run(args: string[], env: Record<string, string>) {
   return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
 }
 
-/** `deno run -A cli.ts ARGS...`. */
-export const cli = (args: string[], env: Record<string, string>) => run(["run", "-A", CLI, ...args], env);
+/** `deno run -A cli.ts ARGS...` (colour off, `env` added): its exit code and output. */
+export const cli = (args: string[], env: Record<string, string> = {}) =>
+  run(["run", "-A", CLI, ...args], env);
 
 /** stderr without Mesa's notes and the model-loading progress lines of the cases that load a model. */
 export function messageLines(err: string): string[] {

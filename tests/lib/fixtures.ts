@@ -1,9 +1,13 @@
-// Small GPT-2 model folders written by tests: random weights, a byte-level BPE vocabulary with a few
-// merges, in either key naming (with or without `transformer.`) and f32 or f16 storage.
+// Small GPT-2 models for tests: random weights (plain or "sensitive"), in memory or as folders written with
+// a byte-level BPE vocabulary of a few merges, in either key naming (with or without `transformer.`) and f32
+// or f16 storage.
+import type { Engine } from "../../engine/engine.ts";
 import { type Gpt2Config, gpt2ConfigJson } from "../../engine/gpt2/config.ts";
 import { writeSafetensorsFile } from "../../engine/files.ts";
+import { buildGpt2 } from "../../engine/gpt2/load.ts";
 import { f32ArrayToF16, type StTensorInput } from "../../engine/safetensors.ts";
-import { expectedWeightShapes } from "../../engine/gpt2/model.ts";
+import { expectedWeightShapes, type Gpt2Model } from "../../engine/gpt2/model.ts";
+import type { CounterFactRecord } from "../../eval/datasets.ts";
 import { randomGpt2Weights } from "./gpt2_reference.ts";
 
 /** GPT-2's byte → printable character table (the vocabulary's alphabet). */
@@ -57,9 +61,64 @@ export const GPT2_SMALL: Gpt2Config = {
   layerNormEps: 1e-5,
 };
 
+/** The ROME tests' model: d = 32, d_ff = 128, 3 layers, 96 positions (room for the 21 context templates). */
+export const EDIT_CONFIG: Gpt2Config = { ...TINY_CONFIG, nEmbd: 32, nInner: 128, nPositions: 96 };
+
+/**
+ * Random weights with the token embeddings and the MLP matrices scaled by 3: the logits then depend
+ * enough on the residual stream that a δ at one position (or a small weight change) moves them.
+ */
+export function sensitiveWeights(c: Gpt2Config, seed: number): Map<string, Float32Array> {
+  const w = randomGpt2Weights(c, seed);
+  for (const [n, v] of w) {
+    if (n === "wte.weight" || /mlp\.c_(fc|proj)\.weight$/.test(n)) v.forEach((x, i) => v[i] = 3 * x);
+  }
+  return w;
+}
+
+/**
+ * Random weights with sharper outputs than the default (embeddings ×6, weight matrices ×2), so that the
+ * tracing tests' restored cells move p(answer) by far more than their tolerances.
+ */
+export function decisiveWeights(c: Gpt2Config, seed: number): Map<string, Float32Array> {
+  const W = randomGpt2Weights(c, seed);
+  for (const [n, v] of W) {
+    const k = n === "wte.weight" ? 6 : /(c_attn|c_fc|c_proj)\.weight$/.test(n) ? 2 : 1;
+    for (let i = 0; i < v.length; i++) v[i] *= k;
+  }
+  return W;
+}
+
+/** A model on `engine` built from weights in memory (uploaded from copies: `w` stays as it is). */
+export function memoryModel(engine: Engine, c: Gpt2Config, w: Map<string, Float32Array>): Gpt2Model {
+  const shapes = new Map([...expectedWeightShapes(c)].map(([n, shape]) => [n, { shape, dtype: "F32" }]));
+  return buildGpt2(engine, c, { tensors: shapes, read: (n) => w.get(n)!.slice(), describe: () => "memory" });
+}
+
+export function disposeModel(m: Gpt2Model): void {
+  for (const t of m.weights.values()) t.dispose();
+}
+
+/** `body` on a model built from `w` (see memoryModel); the model is freed afterwards, however `body` ends. */
+export async function withModel<T>(
+  engine: Engine,
+  c: Gpt2Config,
+  w: Map<string, Float32Array>,
+  body: (m: Gpt2Model) => Promise<T>,
+): Promise<T> {
+  const m = memoryModel(engine, c, w);
+  try {
+    return await body(m);
+  } finally {
+    disposeModel(m);
+  }
+}
+
 export interface TinyFolderOptions {
   config?: Gpt2Config;
   seed?: number;
+  /** These weights instead of random ones drawn from `seed`. */
+  weights?: Map<string, Float32Array>;
   prefix?: boolean;
   dtype?: "F32" | "F16";
   /** Also store lm_head.weight (= wte) and the attn.bias buffers, as full HF checkpoints do. */
@@ -72,7 +131,7 @@ export async function writeTinyModel(
   o: TinyFolderOptions = {},
 ): Promise<Map<string, Float32Array>> {
   const c = o.config ?? TINY_CONFIG;
-  const weights = randomGpt2Weights(c, o.seed ?? 1);
+  const weights = o.weights ?? randomGpt2Weights(c, o.seed ?? 1);
   const tensors: StTensorInput[] = [];
   const seen = new Map<string, Float32Array>();
   for (const [name, data] of weights) {
@@ -140,6 +199,30 @@ export function tinyCorpusText(docs: number, salt = ""): string {
   ).join("\n<|endoftext|>\n") + "\n<|endoftext|>\n";
 }
 
+/**
+ * `edit` of the quick CLI tests' request ("I saw {}": Eiffel Tower → the, true: a), with statistics over
+ * CORPUS and HPARAMS (QUICK_ROME_HPARAMS written out), and 2 tokens of generation.
+ */
+export function quickEditArgs(corpus: string, hparams: string): string[] {
+  return [
+    "edit",
+    "--prompt",
+    "I saw {}",
+    "--subject",
+    "Eiffel Tower",
+    "--target",
+    "the",
+    "--target-true",
+    "a",
+    "--corpus",
+    corpus,
+    "--hparams",
+    hparams,
+    "--max-tokens",
+    "2",
+  ];
+}
+
 /** Fewer templates and steps than the reference: the CLI plumbing is under test here, not v*. */
 export const QUICK_ROME_HPARAMS = {
   layers: [1],
@@ -154,3 +237,18 @@ export const QUICK_ROME_HPARAMS = {
   context_template_length_params: [[5, 2], [10, 2]],
   mom2_n_samples: 100000,
 };
+
+/** A CounterFact rewrite "I saw {} in" → TNEW (true: TTRUE) of relation P1, as the eval tests' records use. */
+export function tinyRewrite(
+  subject: string,
+  tnew: string,
+  ttrue: string,
+): CounterFactRecord["requested_rewrite"] {
+  return {
+    prompt: "I saw {} in",
+    relation_id: "P1",
+    target_new: { str: tnew, id: "N" + tnew },
+    target_true: { str: ttrue, id: "N" + ttrue },
+    subject,
+  };
+}

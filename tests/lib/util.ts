@@ -16,21 +16,6 @@ export function testEngine(): Promise<Engine> {
 // `deno task test` runs the tests on the main thread; see tests/lib/run.ts.)
 globalThis.addEventListener("unload", releaseEngine);
 
-/** Runs cli.ts with `args` (colour off, `env` added); its exit code and output. */
-export async function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; out: string; err: string }> {
-  const cli = new URL("../../cli.ts", import.meta.url).pathname;
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, out: new TextDecoder().decode(stdout), err: new TextDecoder().decode(stderr) };
-}
-
 /** The tests' seeded generator (mulberry32): tests must be reproducible. */
 export const rng: (seed: number) => () => number = mulberry32;
 
@@ -142,3 +127,25 @@ export function assertClose(
 
 /** Awkward sizes that are not multiples of any tile: every kernel test draws its shapes from these. */
 export const AWKWARD = [1, 3, 17, 63, 65, 127, 257] as const;
+
+/** [rows, C] of the row-wise kernels' tests: AWKWARD × (AWKWARD and 768), and C = 4099 (256 threads a row). */
+export const AWKWARD_ROWS: readonly (readonly [number, number])[] = AWKWARD.flatMap((rows) =>
+  [...AWKWARD, 768].map((C) => [rows, C] as const)
+).concat([[3, 4099]]);
+
+/**
+ * [rows, C] around the layer norms' two paths, one thread a row up to C = 1024 and a workgroup a row past
+ * it: rows not multiples of the 64 rows a workgroup, 4097 × 128 (the small model's shape plus one row), and
+ * `rows17` rows at C = 17.
+ */
+export function layerNormPathShapes(rows17: number): [number, number][] {
+  return [[1, 1], [70, 1], [65, 3], [rows17, 17], [4097, 128], [3, 128], [129, 768], [5, 1024], [66, 1025]];
+}
+
+/** The byte arrays one after another in one array. */
+export function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) (out.set(p, at), at += p.byteLength);
+  return out;
+}
