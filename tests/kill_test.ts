@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { exists, readSafetensorsFile } from "../engine/files.ts";
 import { decodePatch } from "../rome/patch.ts";
 import { decodeSecondMoment } from "../rome/stats.ts";
-import { CLI } from "./lib/cli_process.ts";
+import { CLI, SHARED_CACHES } from "./lib/cli_process.ts";
 import {
   EDIT_CONFIG,
   QUICK_ROME_HPARAMS,
@@ -62,18 +62,7 @@ async function setup(): Promise<
 // ------------------------------------------------------------------------------------------ processes
 
 /** The children keep the test's compiled-module and shader caches; only the ROME cache is theirs. */
-const shared: Record<string, string> = await (async () => {
-  const info = await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" })
-    .output();
-  const env: Record<string, string> = {
-    NO_COLOR: "1",
-    DENO_DIR: JSON.parse(new TextDecoder().decode(info.stdout)).denoDir,
-  };
-  const home = Deno.env.get("HOME");
-  const root = Deno.env.get("XDG_CACHE_HOME") ?? (home ? join(home, ".cache") : undefined);
-  if (!Deno.env.get("MESA_SHADER_CACHE_DIR") && root) env.MESA_SHADER_CACHE_DIR = root;
-  return env;
-})();
+const shared = SHARED_CACHES;
 
 interface Run {
   code: number;

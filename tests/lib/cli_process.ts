@@ -6,7 +6,25 @@ import { join } from "node:path";
 export const ROOT = new URL("../..", import.meta.url).pathname;
 export const CLI = join(ROOT, "cli.ts");
 
-/** `deno ARGS...` in the repository's root with NO_COLOR and `env` added. */
+/**
+ * What every child shares with the test process: Deno's own cache (DENO_DIR: compiled modules and npm
+ * packages; a child given a temporary XDG_CACHE_HOME would otherwise fetch npm metadata again and say
+ * "Download ..." on stderr) and Mesa's shader cache. Only the ROME cache (XDG_CACHE_HOME) is a test's own.
+ */
+export const SHARED_CACHES: Record<string, string> = await (async () => {
+  const info = await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" })
+    .output();
+  const env: Record<string, string> = {
+    NO_COLOR: "1",
+    DENO_DIR: JSON.parse(new TextDecoder().decode(info.stdout)).denoDir,
+  };
+  const home = Deno.env.get("HOME");
+  const root = Deno.env.get("XDG_CACHE_HOME") ?? (home ? join(home, ".cache") : undefined);
+  if (!Deno.env.get("MESA_SHADER_CACHE_DIR") && root) env.MESA_SHADER_CACHE_DIR = root;
+  return env;
+})();
+
+/** `deno ARGS...` in the repository's root with the shared caches, NO_COLOR and `env` added. */
 export async function run(
   args: string[],
   env: Record<string, string> = {},
@@ -14,7 +32,7 @@ export async function run(
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args,
     cwd: ROOT,
-    env: { NO_COLOR: "1", ...env },
+    env: { ...SHARED_CACHES, ...env },
     stdout: "piped",
     stderr: "piped",
   }).output();
