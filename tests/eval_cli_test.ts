@@ -3,7 +3,7 @@
 // shards merged back into the unsharded summary, a zsRE file, and one-line refusals.
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { TINY_CONFIG, tinyRewrite, writeTinyModel } from "./lib/fixtures.ts";
+import { TINY_CONFIG, tinyRewrite, writeTinyModel, ZSRE_RIVER } from "./lib/fixtures.ts";
 import { cli } from "./lib/cli_process.ts";
 
 function record(id: number, subject: string, tnew: string, ttrue: string) {
@@ -147,14 +147,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
     const zsre = join(dir, "zsre.json");
     await Deno.writeTextFile(
       zsre,
-      JSON.stringify([{
-        subject: "the river",
-        src: "Where is the river?",
-        rephrase: "In what place is the river?",
-        answers: ["on the mat"],
-        loc: "nq question: who sat on the mat",
-        loc_ans: "the cat",
-      }]),
+      JSON.stringify([ZSRE_RIVER]),
     );
     const z = await cli([
       ...evalArgs("ft", zsre),

@@ -18,7 +18,14 @@ import { type CaseResult, type CounterFactMetrics, type RunIdentity, summarize }
 import { fineTuneMethod, romeMethod } from "../eval/methods.ts";
 import { EvalInputError, generateTexts, perplexity, targetNlls } from "../eval/probes.ts";
 import { TfidfVectorizer } from "../eval/text.ts";
-import { sensitiveWeights, TINY_CONFIG, tinyRewrite, tinyVocab, withModel } from "./lib/fixtures.ts";
+import {
+  sensitiveWeights,
+  TINY_CONFIG,
+  tinyRewrite,
+  tinyVocab,
+  withModel,
+  ZSRE_RIVER,
+} from "./lib/fixtures.ts";
 import { referenceForward } from "./lib/gpt2_reference.ts";
 import { randn, testEngine } from "./lib/util.ts";
 
@@ -115,14 +122,7 @@ Deno.test("zsRE: teacher-forced top-1 per target token on a hand-written file, a
   const w = sensitive(13);
   await withModel(engine, CONFIG, w, async (model) => {
     const ds = parseDataset([
-      {
-        subject: "the river",
-        src: "Where is the river?",
-        rephrase: "In what place is the river?",
-        answers: ["on the mat"],
-        loc: "nq question: who sat on the mat",
-        loc_ans: "the cat",
-      },
+      ZSRE_RIVER,
       {
         subject: "Eiffel",
         src: "Eiffel was built by",
@@ -284,15 +284,17 @@ Deno.test("harness: FT, ROME and sequential runs leave the model bit for bit unc
     const dataset = { kind: "counterfact" as const, records: RECORDS };
     const ft = fineTuneMethod("ft", ftHparams(false, 8));
     const store = memoryStore();
-    const r1 = await runEvaluation({
-      model,
-      tokenizer,
-      dataset,
-      method: ft,
-      run: baseRun("ft"),
-      generation,
-      store,
-    });
+    const runFt = () =>
+      runEvaluation({
+        model,
+        tokenizer,
+        dataset,
+        method: ft,
+        run: baseRun("ft"),
+        generation,
+        store,
+      });
+    const r1 = await runFt();
     equal(r1.computed, 3);
     ok(sameBits(before, await weightBits(model)), "FT edits reverted exactly");
     for (const c of r1.results) {
@@ -313,15 +315,7 @@ Deno.test("harness: FT, ROME and sequential runs leave the model bit for bit unc
       }),
     );
     // a second run finds every case
-    const again = await runEvaluation({
-      model,
-      tokenizer,
-      dataset,
-      method: ft,
-      run: baseRun("ft"),
-      generation,
-      store,
-    });
+    const again = await runFt();
     equal(again.computed, 0);
     equal(again.skipped, 3);
     // results of another run are never overwritten

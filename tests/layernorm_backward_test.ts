@@ -2,7 +2,14 @@ import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows }
 import { Engine } from "../engine/engine.ts";
 import { launchLayerNorm, LAYERNORM_ROWTHREAD_MAX_C, layerNormBackward } from "../engine/launch/nn.ts";
 import { rowChunks } from "../engine/chunks.ts";
-import { assertClose, AWKWARD_ROWS, layerNormPathShapes, randn, testEngine } from "./lib/util.ts";
+import {
+  assertClose,
+  AWKWARD_ROWS,
+  layerNormPathShapes,
+  randn,
+  rowMeanRstd,
+  testEngine,
+} from "./lib/util.ts";
 
 const engine = await testEngine();
 const EPS = 1e-5;
@@ -19,12 +26,7 @@ function refForward(
 ) {
   const y = new Float64Array(rows * C);
   for (let r = 0; r < rows; r++) {
-    let m = 0;
-    for (let c = 0; c < C; c++) m += x[r * C + c];
-    m /= C;
-    let v = 0;
-    for (let c = 0; c < C; c++) v += (x[r * C + c] - m) ** 2;
-    const rs = 1 / Math.sqrt(v / C + EPS);
+    const [m, rs] = rowMeanRstd(x, r, C, EPS);
     for (let c = 0; c < C; c++) y[r * C + c] = (x[r * C + c] - m) * rs * g[c] + b[c];
   }
   return y;
@@ -41,12 +43,7 @@ function refBackward(
   const dx = new Float64Array(rows * C), dg = new Float64Array(C), db = new Float64Array(C);
   const rstd = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
-    let m = 0;
-    for (let c = 0; c < C; c++) m += x[r * C + c];
-    m /= C;
-    let v = 0;
-    for (let c = 0; c < C; c++) v += (x[r * C + c] - m) ** 2;
-    const rs = 1 / Math.sqrt(v / C + EPS);
+    const [m, rs] = rowMeanRstd(x, r, C, EPS);
     rstd[r] = rs;
     const xh = (c: number) => (x[r * C + c] - m) * rs;
     let sum = 0, dot = 0;

@@ -9,7 +9,15 @@ import {
   softmax,
 } from "../engine/launch/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { assertClose, AWKWARD, AWKWARD_ROWS, layerNormPathShapes, randn, testEngine } from "./lib/util.ts";
+import {
+  assertClose,
+  AWKWARD,
+  AWKWARD_ROWS,
+  layerNormPathShapes,
+  randn,
+  rowMeanRstd,
+  testEngine,
+} from "./lib/util.ts";
 
 const engine = await testEngine();
 
@@ -24,12 +32,7 @@ function refLayerNorm(
 ) {
   const y = new Float64Array(rows * C), mean = new Float64Array(rows), rstd = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
-    let m = 0;
-    for (let c = 0; c < C; c++) m += x[r * C + c];
-    m /= C;
-    let v = 0;
-    for (let c = 0; c < C; c++) v += (x[r * C + c] - m) ** 2;
-    const rs = 1 / Math.sqrt(v / C + 1e-5);
+    const [m, rs] = rowMeanRstd(x, r, C, 1e-5);
     for (let c = 0; c < C; c++) y[r * C + c] = (x[r * C + c] - m) * rs * g[c] + b[c];
     mean[r] = m;
     rstd[r] = rs;

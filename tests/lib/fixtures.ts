@@ -252,3 +252,13 @@ export function tinyRewrite(
     subject,
   };
 }
+
+/** A zsRE record (the raw `zsre_mend_eval.json` form) whose answer the tiny fixtures' vocabulary spells. */
+export const ZSRE_RIVER = {
+  subject: "the river",
+  src: "Where is the river?",
+  rephrase: "In what place is the river?",
+  answers: ["on the mat"],
+  loc: "nq question: who sat on the mat",
+  loc_ans: "the cat",
+};

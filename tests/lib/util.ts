@@ -149,3 +149,13 @@ export function concat(parts: Uint8Array[]): Uint8Array {
   for (const p of parts) (out.set(p, at), at += p.byteLength);
   return out;
 }
+
+/** Row r of an [rows, C] float array: its mean and 1/sqrt(variance + eps), in float64 (layer norm references). */
+export function rowMeanRstd(x: ArrayLike<number>, r: number, C: number, eps: number): [number, number] {
+  let m = 0;
+  for (let c = 0; c < C; c++) m += x[r * C + c];
+  m /= C;
+  let v = 0;
+  for (let c = 0; c < C; c++) v += (x[r * C + c] - m) ** 2;
+  return [m, 1 / Math.sqrt(v / C + eps)];
+}
