@@ -89,20 +89,22 @@ deno task eval --merge DIR... [--out DIR] [--json] [--allow-missing] [--sweep]
   of h.L.mlp.c_proj.weight, unconstrained / L∞-bounded; hparams eval/hparams/ft[-l]-<model>.json or
   --hparams FILE). --limit N takes the first N records (default all); --shard i/n runs every n-th record
   from the i-th (several processes or machines; --shard auto or auto/N takes i and n from a Slurm array,
-  a Kubernetes Indexed Job or ROME_SHARD_INDEX/ROME_SHARD_COUNT; each shard writes shard_<i>_of_<n>.json, its
-  cases and the records it covers, beside its case files). --merge DIR... combines folders into one table: the
-  shards of a run (refused unless they are every index 0..n-1 exactly once, with the same n and records, each
-  with all its cases; --allow-missing merges what is there and says in the output and summary.json which
-  shards and cases are missing), and runs of different methods. All runs of a table share model, dataset,
-  engine version and generation settings; one method's runs may differ in --sequential (a row each, and the
-  sequential curve), and in hparams only with --sweep (a row each, labelled by hparams hash). --sequential N applies N edits one after another and tests them
-  all on the model carrying them (then reverts them all). Snippets: --snippets FILE, default
-  attribute_snippets.json beside the dataset; the tf-idf idf/vocabulary: --tfidf DIR with the reference's
-  idf.npy and tfidf_vocab.json (default: beside the dataset if both are there), else fitted on all snippet
-  texts. Writes case_<id>.json per case (the reference's {case_id, requested_rewrite, time, post, pre}),
-  summary.json, report.md and report.html to --out (default ${DEFAULT_EVAL_OUT}/<dataset>-<method>[-seq<N>]);
-  cases already there from the same run (method, hparams, model, settings, engine version) are skipped, so an
-  interrupted run resumes; a folder holding another run's cases is refused. The unedited model's results are cached per model in ${
+  a Kubernetes Indexed Job or ROME_SHARD_INDEX/ROME_SHARD_COUNT); each shard (0/1 when unsharded) first
+  writes shard_<i>_of_<n>.json beside its case files: the run, the records it covers, its case ids.
+  --merge DIR... combines folders into one table: the shards of each run, refused unless they are every
+  index 0..n-1 once, with the same n and records, each with all its cases (--allow-missing merges what is
+  there and names the missing shards and cases in the output and summary.json); and runs of different
+  methods. All runs of a table share model, dataset, engine version and generation settings; one method's
+  runs may differ in --sequential (a row each, and the sequential curve), and in hparams only with --sweep
+  (a row each, labelled by hparams hash). A refused merge writes nothing. --sequential N applies N edits
+  one after another and tests them all on the model carrying them (then reverts them all). Snippets:
+  --snippets FILE, default attribute_snippets.json beside the dataset; the tf-idf idf/vocabulary: --tfidf
+  DIR with the reference's idf.npy and tfidf_vocab.json (default: beside the dataset if both are there),
+  else fitted on all snippet texts. Writes case_<id>.json per case (the reference's {case_id,
+  requested_rewrite, time, post, pre}), summary.json, report.md and report.html to --out (default
+  ${DEFAULT_EVAL_OUT}/<dataset>-<method>[-seq<N>]); cases already there from the same run (method,
+  hparams, model, settings, engine version) are skipped, so an interrupted run resumes; another run's
+  cases there are refused. The unedited model's results are cached per model in ${
     romeCacheDir("<model hash>")
   }/eval-pre.`;
 
