@@ -27,6 +27,7 @@ import { parseArgs } from "node:util";
 import { getEngine } from "../engine/engine.ts";
 import { loadGpt2Folder } from "../engine/gpt2/folder.ts";
 import { findSubjectRange } from "../engine/gpt2/tokenizer.ts";
+import { ENGINE_VERSION } from "../engine/version.ts";
 import { parseDataset } from "../eval/datasets.ts";
 import { type CaseResult, type RunIdentity } from "../eval/metrics.ts";
 import { romeMethod } from "../eval/methods.ts";
@@ -277,6 +278,7 @@ async function evalOnce(i: number): Promise<string> {
     model_hash: model.hash,
     sequential: 1,
     generation: { max_out_len: 0, top_k: REFERENCE_GENERATION.topK, seed: 1, tfidf: "" },
+    engine_version: ENGINE_VERSION,
   };
   const stored = new Map<number, CaseResult>();
   const C = await uploadC();

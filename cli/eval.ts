@@ -3,6 +3,7 @@
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { exists, writeFileAtomic } from "../engine/files.ts";
+import { ENGINE_VERSION } from "../engine/version.ts";
 import {
   type AttributeSnippets,
   type EvalDataset,
@@ -12,13 +13,29 @@ import {
   snippetTexts,
 } from "../eval/datasets.ts";
 import { defaultFtHparams, parseFtHparams } from "../eval/finetune.ts";
-import { editGroups, type EvalCaseStore, type PreStore, runEvaluation } from "../eval/harness.ts";
+import {
+  checkStoredRun,
+  editGroups,
+  type EvalCaseStore,
+  type PreStore,
+  RunConflictError,
+  runEvaluation,
+} from "../eval/harness.ts";
 import type { GenerationTests } from "../eval/measure.ts";
+import {
+  coverageNote,
+  MANIFEST_NAME,
+  manifestName,
+  type MergeFolder,
+  parseManifest,
+  planMerge,
+  type ShardManifest,
+  shardManifest,
+} from "../eval/merge.ts";
 import {
   canonicalJson,
   type CaseMetrics,
   type CaseResult,
-  groupRuns,
   type RunIdentity,
   runKey,
   shardItems,
@@ -59,7 +76,7 @@ const EVAL_USAGE =
                [--out DIR] [--json] [--sequential N] [--hparams FILE] [--layer L] [--seed S]
                [--snippets FILE] [--tfidf DIR] [--generation-length N]
                [--variant rome|r-rome] [--stats FILE | --npz FILE] [--corpus FILE|DIR] [--samples N]
-deno task eval --merge DIR... [--out DIR] [--json]
+deno task eval --merge DIR... [--out DIR] [--json] [--allow-missing] [--sweep]
   Evaluates an editing method as the ROME paper does (CounterFact Table 4, zsRE Table 1). For each record
   of --dataset (default ${DEFAULT_DATASET}; a CounterFact or a zsRE
   file, told apart by its records) the edit is applied to the clean model and timed, the tests run
@@ -72,15 +89,22 @@ deno task eval --merge DIR... [--out DIR] [--json]
   of h.L.mlp.c_proj.weight, unconstrained / L∞-bounded; hparams eval/hparams/ft[-l]-<model>.json or
   --hparams FILE). --limit N takes the first N records (default all); --shard i/n runs every n-th record
   from the i-th (several processes or machines; --shard auto or auto/N takes i and n from a Slurm array,
-  a Kubernetes Indexed Job or ROME_SHARD_INDEX/ROME_SHARD_COUNT), --merge DIR... combines their folders (and folders of
-  different methods into one table). --sequential N applies N edits one after another and tests them
-  all on the model carrying them (then reverts them all). Snippets: --snippets FILE, default
-  attribute_snippets.json beside the dataset; the tf-idf idf/vocabulary: --tfidf DIR with the reference's
-  idf.npy and tfidf_vocab.json (default: beside the dataset if both are there), else fitted on all snippet
-  texts. Writes case_<id>.json per case (the reference's {case_id, requested_rewrite, time, post, pre}),
-  summary.json, report.md and report.html to --out (default ${DEFAULT_EVAL_OUT}/<dataset>-<method>[-seq<N>]);
-  cases already there from the same run (method, hparams, model, settings) are skipped, so an interrupted
-  run resumes. The unedited model's results are cached per model in ${
+  a Kubernetes Indexed Job or ROME_SHARD_INDEX/ROME_SHARD_COUNT); each shard (0/1 when unsharded) first
+  writes shard_<i>_of_<n>.json beside its case files: the run, the records it covers, its case ids.
+  --merge DIR... combines folders into one table: the shards of each run, refused unless they are every
+  index 0..n-1 once, with the same n and records, each with all its cases (--allow-missing merges what is
+  there and names the missing shards and cases in the output and summary.json); and runs of different
+  methods. All runs of a table share model, dataset, engine version and generation settings; one method's
+  runs may differ in --sequential (a row each, and the sequential curve), and in hparams only with --sweep
+  (a row each, labelled by hparams hash). A refused merge writes nothing. --sequential N applies N edits
+  one after another and tests them all on the model carrying them (then reverts them all). Snippets:
+  --snippets FILE, default attribute_snippets.json beside the dataset; the tf-idf idf/vocabulary: --tfidf
+  DIR with the reference's idf.npy and tfidf_vocab.json (default: beside the dataset if both are there),
+  else fitted on all snippet texts. Writes case_<id>.json per case (the reference's {case_id,
+  requested_rewrite, time, post, pre}), summary.json, report.md and report.html to --out (default
+  ${DEFAULT_EVAL_OUT}/<dataset>-<method>[-seq<N>]); cases already there from the same run (method,
+  hparams, model, settings, engine version) are skipped, so an interrupted run resumes; another run's
+  cases there are refused. The unedited model's results are cached per model in ${
     romeCacheDir("<model hash>")
   }/eval-pre.`;
 
@@ -98,14 +122,17 @@ const EVAL_OPTIONS = {
   tfidf: { type: "string" },
   "generation-length": { type: "string" },
   merge: { type: "boolean" },
+  "allow-missing": { type: "boolean" },
+  sweep: { type: "boolean" },
 } as const;
+
+/** The options of `--merge` (the rest are a run's). */
+const MERGE_OPTIONS = ["merge", "out", "json", "allow-missing", "sweep"];
 
 export async function cmdEval(args: string[]): Promise<void> {
   const { values, positionals } = parseCommand(args, EVAL_OPTIONS, EVAL_USAGE, true);
   if (values.merge) {
-    const unused = Object.keys(values).find((k) =>
-      values[k] !== undefined && !["merge", "out", "json"].includes(k)
-    );
+    const unused = Object.keys(values).find((k) => values[k] !== undefined && !MERGE_OPTIONS.includes(k));
     if (unused !== undefined) {
       throw new UsageError(`--${unused} is not used by --merge (it reads results folders)`);
     }
@@ -114,25 +141,36 @@ export async function cmdEval(args: string[]): Promise<void> {
   if (positionals.length > 0) {
     throw new UsageError(`unexpected argument '${positionals[0]}' (folders are given to --merge)`);
   }
+  for (const k of ["allow-missing", "sweep"]) {
+    if (values[k as keyof typeof values] !== undefined) throw new UsageError(`--${k} is for --merge`);
+  }
   return await evalRun(values);
 }
 
 const caseFile = (dir: string, id: number) => join(dir, `case_${id}.json`);
 
-/** Every case_<id>.json of a run folder, with its path. */
-async function readCaseDir(dir: string): Promise<{ result: CaseResult; source: string }[]> {
+/** Every case_<id>.json and shard manifest of a results folder. */
+async function readFolder(dir: string): Promise<MergeFolder> {
   let names: string[];
   try {
-    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && /^case_\d+\.json$/.test(e.name)).map((e) =>
-      e.name
-    );
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => e.name).sort();
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UsageError(`results folder '${dir}' not found`);
     throw e;
   }
-  const out: { result: CaseResult; source: string }[] = [];
-  for (const name of names) out.push({ result: await readCase(join(dir, name)), source: join(dir, name) });
-  return out;
+  const cases: CaseResult[] = [], manifests: ShardManifest[] = [];
+  for (const name of names) {
+    if (/^case_\d+\.json$/.test(name)) cases.push(await readCase(join(dir, name)));
+    if (MANIFEST_NAME.test(name)) {
+      manifests.push(parseManifest(await readJsonFile(join(dir, name), "shard manifest"), join(dir, name)));
+    }
+  }
+  return { dir, cases, manifests };
+}
+
+/** The case files of one run in a folder. */
+async function runCases(dir: string, key: string): Promise<CaseResult[]> {
+  return (await readFolder(dir)).cases.filter((c) => runKey(c.run) === key);
 }
 
 async function readCase(path: string): Promise<CaseResult> {
@@ -243,6 +281,7 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
     }
     throw e;
   }
+  const datasetRecords = dataset.records.length;
   if (opts.limit !== undefined) {
     dataset = {
       ...dataset,
@@ -342,6 +381,7 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
       hparams_hash: method ? await sha16(canonicalJson(method.settings)) : "none",
       model_hash: model.hash,
       sequential,
+      engine_version: ENGINE_VERSION,
       generation: {
         max_out_len: generation ? genLength : 0,
         top_k: REFERENCE_GENERATION.topK,
@@ -360,13 +400,26 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
     const store = caseStore(out);
     const key = runKey(run);
     let found = 0;
+    // another run's cases or manifest in the folder are refused before anything is written
     for (
       const r of shardItems(editGroups(dataset.records as { case_id: number }[], sequential), shard).flat()
     ) {
-      if (
-        exists(caseFile(out, r.case_id)) && runKey((await readCase(caseFile(out, r.case_id))).run) === key
-      ) found++;
+      if (!exists(caseFile(out, r.case_id))) continue;
+      checkStoredRun(await readCase(caseFile(out, r.case_id)), key);
+      found++;
     }
+    const manifestPath = join(out, manifestName(shard));
+    if (exists(manifestPath)) {
+      const prev = parseManifest(await readJsonFile(manifestPath, "shard manifest"), manifestPath);
+      if (runKey(prev.run) !== key) {
+        throw new RunConflictError(
+          `${manifestPath} is shard ${shard.index}/${shard.count} of another run (method ${prev.run.method}); write this run elsewhere`,
+        );
+      }
+    }
+    // written before the cases, so that an interrupted shard reads as incomplete, not as missing
+    const manifest = shardManifest(run, shard, dataset.records.map((r) => r.case_id), datasetRecords);
+    await writeFileAtomic(manifestPath, [new TextEncoder().encode(JSON.stringify(manifest, null, 1) + "\n")]);
     const mine = shardItems(dataset.records as unknown[], shard, sequential).length;
     const bar = new Progress(
       `eval ${methodName}${sequential > 1 ? ` (${sequential} in sequence)` : ""}`,
@@ -392,7 +445,7 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
     const computedSeconds = (performance.now() - t0) / 1000;
     bar.done();
 
-    const inDir = (await readCaseDir(out)).filter((c) => runKey(c.result.run) === key).map((c) => c.result);
+    const inDir = await runCases(out, key);
     const report: ReportRun = { label: runLabel(run), run, summary: summarize(inDir), cases: inDir };
     const title = `deno task eval: ${runLabel(run)} on ${basename(datasetPath)}`;
     const timing = res.results.filter((r) => r.seconds && (r.seconds.post > 0 || r.seconds.pre > 0));
@@ -433,20 +486,22 @@ async function evalRun(opts: Record<string, unknown>): Promise<void> {
   }
 }
 
-/** `--merge DIR...`: the case files of several folders, one table row per run (shards of a run combine). */
+/**
+ * `--merge DIR...`: the case files of several folders, one table row per run (shards of a run combine), after
+ * planMerge has checked that they belong together; nothing is written when it refuses.
+ */
 async function evalMerge(dirs: string[], opts: Record<string, unknown>): Promise<void> {
   if (dirs.length === 0) {
     throw new UsageError("--merge needs at least one results folder: deno task eval --merge DIR...");
   }
-  const items = (await Promise.all(dirs.map(readCaseDir))).flat();
-  if (items.length === 0) throw new UsageError(`no case_<id>.json files in ${dirs.join(", ")}`);
-  const groups = groupRuns(items);
-  const kinds = new Set(groups.map((g) => g.run.dataset_kind));
-  if (kinds.size > 1) {
-    throw new UsageError("the folders mix CounterFact and zsRE results; merge them separately");
-  }
-  const labels = groups.map((g) => runLabel(g.run));
-  const runs: ReportRun[] = groups.map((g, i) => ({
+  const folders: MergeFolder[] = [];
+  for (const dir of dirs) folders.push(await readFolder(dir));
+  const merged = planMerge(folders, {
+    allowMissing: Boolean(opts["allow-missing"]),
+    sweep: Boolean(opts.sweep),
+  });
+  const labels = merged.map((g) => runLabel(g.run));
+  const runs: ReportRun[] = merged.map((g, i) => ({
     label: labels.filter((l) => l === labels[i]).length > 1
       ? `${labels[i]} [${g.run.hparams_hash.slice(0, 6)}]`
       : labels[i],
@@ -454,8 +509,11 @@ async function evalMerge(dirs: string[], opts: Record<string, unknown>): Promise
     summary: summarize(g.cases),
     cases: g.cases,
   }));
+  const notes = merged.map((g, i) => coverageNote(runs[i].label, g.coverage)).filter((n) => n !== "");
   const title = `deno task eval --merge (${dirs.length} folder${dirs.length > 1 ? "s" : ""})`;
-  const records = runs.map((r) => jsonRecord(r, { label: r.label }));
+  const records = runs.map((r, i) =>
+    jsonRecord(r, { label: r.label, folders: merged[i].dirs, shards: merged[i].coverage })
+  );
   if (opts.out !== undefined) {
     const out = opts.out as string;
     await Deno.mkdir(out, { recursive: true });
@@ -471,13 +529,16 @@ async function evalMerge(dirs: string[], opts: Record<string, unknown>): Promise
         ) + "\n",
       ),
     ]);
-    await writeFileAtomic(join(out, "report.md"), [enc.encode(markdownReport(runs, title))]);
+    const md = markdownReport(runs, title) + (notes.length ? `\nNot merged: ${notes.join(". ")}.\n` : "");
+    await writeFileAtomic(join(out, "report.md"), [enc.encode(md)]);
     await writeFileAtomic(join(out, "report.html"), [enc.encode(htmlReport(runs, title))]);
   }
   if (opts.json) return console.log(JSON.stringify(records.length === 1 ? records[0] : records));
   console.log(textTable(runs));
+  for (const n of notes) console.log(`note: ${n}`);
+  const cases = merged.reduce((a, g) => a + g.cases.length, 0);
   console.log(
-    `${items.length} case file(s) from ${dirs.length} folder(s), ${runs.length} run(s)${
+    `${cases} case(s) from ${dirs.length} folder(s), ${runs.length} run(s)${
       opts.out !== undefined
         ? `; wrote ${join(opts.out as string, "report.md")}, report.html and summary.json`
         : ""

@@ -30,6 +30,18 @@ export class RunConflictError extends InputError {
   override name = "RunConflictError";
 }
 
+/** Refuses a stored case of another run than the one keyed `key` (it would be overwritten or mixed in). */
+export function checkStoredRun(stored: CaseResult, key: string): void {
+  if (runKey(stored.run) === key) return;
+  const r = stored.run;
+  throw new RunConflictError(
+    `case ${stored.case_id} is already stored from another run (method ${r.method}, model ${r.model_hash}, ` +
+      `sequential ${r.sequential}, engine ${
+        r.engine_version ?? "before versions"
+      }); write this run elsewhere`,
+  );
+}
+
 export interface EvalRunOptions {
   model: Gpt2Model;
   tokenizer: Gpt2Tokenizer;
@@ -115,14 +127,7 @@ export async function runEvaluation(o: EvalRunOptions): Promise<EvalRunResult> {
     const g = groupIndex.get(group[0].case_id)!;
     const members = group.map((r) => r.case_id);
     const stored = await Promise.all(group.map((r) => o.store.get(r.case_id)));
-    for (const s of stored) {
-      if (s && runKey(s.run) !== key) {
-        throw new RunConflictError(
-          `case ${s.case_id} is already stored from another run (method ${s.run.method}, model ${s.run.model_hash}, ` +
-            `sequential ${s.run.sequential}); write this run elsewhere`,
-        );
-      }
-    }
+    for (const s of stored) if (s) checkStoredRun(s, key);
     const complete = stored.every((s) =>
       s !== undefined && (N === 1 || JSON.stringify(s.sequential?.members ?? []) === JSON.stringify(members))
     );

@@ -68,6 +68,11 @@ export interface RunIdentity {
   sequential: number;
   /** Generation tests: total tokens per text (0 = skipped), top-k, seed; and the tf-idf's identity. */
   generation: { max_out_len: number; top_k: number; seed: number; tfidf: string };
+  /**
+   * The engine's numerics (engine/version.ts ENGINE_VERSION): results of another engine are another run, never
+   * resumed or merged with these. Case files written before it existed lack it (undefined when read back).
+   */
+  engine_version: string;
 }
 
 export function isZsreMetrics(m: CaseMetrics): m is ZsreMetrics {

@@ -1,10 +1,13 @@
 // deno task eval as a user runs it (subprocesses on a tiny model folder and a tiny CounterFact-format file
 // written here): --limit 2 end to end with the reference's case files and the --json shape, resuming,
-// shards merged back into the unsharded summary, a zsRE file, and one-line refusals.
+// shards merged back into the unsharded summary (and merges of shards that do not make the run refused,
+// or with --allow-missing reported), a zsRE file, and one-line refusals.
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { TINY_CONFIG, tinyRewrite, writeTinyModel, ZSRE_RIVER } from "./lib/fixtures.ts";
 import { cli } from "./lib/cli_process.ts";
+
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
 
 function record(id: number, subject: string, tnew: string, ttrue: string) {
   return {
@@ -79,7 +82,14 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
     ok(j.summary.ES >= j.pre.ES, "FT does not lower ES");
     // the reference's case files, one per case
     const files = [...Deno.readDirSync(a)].map((e) => e.name).sort();
-    deepEqual(files, ["case_3.json", "case_8.json", "report.html", "report.md", "summary.json"]);
+    deepEqual(files, [
+      "case_3.json",
+      "case_8.json",
+      "report.html",
+      "report.md",
+      "shard_0_of_1.json",
+      "summary.json",
+    ]);
     const c3 = JSON.parse(await Deno.readTextFile(join(a, "case_3.json")));
     deepEqual(Object.keys(c3).slice(0, 5), ["case_id", "requested_rewrite", "time", "post", "pre"]);
     equal(c3.post.rewrite_prompts_probs.length, 1);
@@ -127,6 +137,56 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
     deepEqual(jm.summary, j.summary);
     deepEqual(jm.pre, j.pre);
     ok((await Deno.stat(join(dir, "merged", "report.html"))).isFile);
+    deepEqual(jm.shards, { count: 2, records: 2, missing_shards: [], missing_cases: [], unlisted_cases: [] });
+    // each shard's case files are the unsharded run's, apart from the timing fields
+    const timeless = async (path: string) => {
+      const { time: _t, seconds: _s, ...rest } = JSON.parse(await Deno.readTextFile(path));
+      return rest;
+    };
+    for (const [s, id] of [["s0", 3], ["s1", 8]] as const) {
+      deepEqual(await timeless(join(dir, s, `case_${id}.json`)), await timeless(join(a, `case_${id}.json`)));
+    }
+    const manifest = JSON.parse(await Deno.readTextFile(join(dir, "s1", "shard_1_of_2.json")));
+    deepEqual([manifest.shard, manifest.records, manifest.dataset_records, manifest.case_ids], [
+      { index: 1, count: 2 },
+      2,
+      3,
+      [8],
+    ]);
+    // merges of shards that do not make the run: one line, exit code 2, nothing written
+    await Deno.mkdir(join(dir, "s1copy"));
+    await Deno.mkdir(join(dir, "s1part"));
+    for (const f of Deno.readDirSync(join(dir, "s1"))) {
+      await Deno.copyFile(join(dir, "s1", f.name), join(dir, "s1copy", f.name));
+      if (f.name !== "case_8.json") await Deno.copyFile(join(dir, "s1", f.name), join(dir, "s1part", f.name));
+    }
+    const badMerges: [string[], RegExp][] = [
+      [[join(dir, "s0")], /: shard 1 of 2 missing \(merged: 0\/2 in .*s0\)/],
+      [
+        [join(dir, "s0"), join(dir, "s1"), join(dir, "s1copy")],
+        /shard 1\/2 of .* is in two folders: .*s1 and .*s1copy$/,
+      ],
+      [
+        [join(dir, "s0"), join(dir, "s1part")],
+        /shard 1\/2 in .*s1part of .* is incomplete: 1 of its 1 cases missing \(case 8\)/,
+      ],
+      [[a, join(dir, "s0"), join(dir, "s1")], /have different counts: 0\/1 in .*a, 0\/2 in .*s0/],
+    ];
+    for (const [dirs, want] of badMerges) {
+      const r = await runCli(["eval", "--merge", ...dirs, "--out", join(dir, "refused")], env);
+      equal(r.code, 2, r.err);
+      const lines = r.err.trim().split("\n").filter((l) => l.startsWith("error:"));
+      equal(lines.length, 1, r.err);
+      match(lines[0], want);
+      ok(!(await exists(join(dir, "refused"))), "a refused merge writes nothing");
+    }
+    // --allow-missing merges what is there and says what is not
+    const partial = join(dir, "partial");
+    const p = await runCli(["eval", "--merge", join(dir, "s0"), "--allow-missing", "--out", partial], env);
+    equal(p.code, 0, p.err);
+    match(p.out, /note: FT: shard 1 of 2 missing/);
+    const ps = JSON.parse(await Deno.readTextFile(join(partial, "summary.json")));
+    deepEqual([ps.n, ps.shards.missing_shards], [1, [1]]);
     // merging two methods gives one row each
     const none = await cli([
       ...evalArgs("none"),
@@ -179,6 +239,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
       ],
       [["eval", "--merge"], /--merge needs at least one results folder/],
       [["eval", "stray"], /unexpected argument 'stray'/],
+      [[...base, "--allow-missing"], /--allow-missing is for --merge/],
     ];
     for (const [args, want] of refusals) {
       const r = await cli(args, env);

@@ -185,6 +185,7 @@ const RUN: RunIdentity = {
   model_hash: "m",
   sequential: 1,
   generation: { max_out_len: 100, top_k: 5, seed: 1, tfidf: "fit:x" },
+  engine_version: "test",
 };
 
 const nll = (n: number, t: number): TargetNll => ({ target_new: n, target_true: t });

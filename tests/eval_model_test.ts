@@ -267,6 +267,7 @@ const baseRun = (method: string, sequential = 1): RunIdentity => ({
   model_hash: "t",
   sequential,
   generation: { max_out_len: 16, top_k: 5, seed: 2, tfidf: "fit" },
+  engine_version: "test",
 });
 
 Deno.test("harness: FT, ROME and sequential runs leave the model bit for bit unchanged; post differs from pre; resumes", async () => {
