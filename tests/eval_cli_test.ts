@@ -173,7 +173,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
       [[a, join(dir, "s0"), join(dir, "s1")], /have different counts: 0\/1 in .*a, 0\/2 in .*s0/],
     ];
     for (const [dirs, want] of badMerges) {
-      const r = await runCli(["eval", "--merge", ...dirs, "--out", join(dir, "refused")], env);
+      const r = await cli(["eval", "--merge", ...dirs, "--out", join(dir, "refused")], env);
       equal(r.code, 2, r.err);
       const lines = r.err.trim().split("\n").filter((l) => l.startsWith("error:"));
       equal(lines.length, 1, r.err);
@@ -182,7 +182,7 @@ Deno.test("CLI: eval --limit 2 end to end, resume, shards merged equal the unsha
     }
     // --allow-missing merges what is there and says what is not
     const partial = join(dir, "partial");
-    const p = await runCli(["eval", "--merge", join(dir, "s0"), "--allow-missing", "--out", partial], env);
+    const p = await cli(["eval", "--merge", join(dir, "s0"), "--allow-missing", "--out", partial], env);
     equal(p.code, 0, p.err);
     match(p.out, /note: FT: shard 1 of 2 missing/);
     const ps = JSON.parse(await Deno.readTextFile(join(partial, "summary.json")));
