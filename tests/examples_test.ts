@@ -61,8 +61,13 @@ Deno.test("examples/kubernetes: Indexed Jobs shard with auto/N = completions and
     ok(s.includes(`--shard auto/${job.spec.completions} `), `${file}: auto/N with N = completions`);
     ok(s.includes("apt-get install") && s.includes("mesa-vulkan-drivers"), `${file}: software Vulkan`);
     const out = /--out "([^"]+)"/.exec(s)?.[1];
-    ok(out?.includes("$JOB_COMPLETION_INDEX"), `${file}: each pod writes its own shard`);
-    written.push(out!.replace("$JOB_COMPLETION_INDEX", "*"));
+    if (task === "eval") {
+      ok(out?.includes("$JOB_COMPLETION_INDEX"), `${file}: each pod writes its own results folder`);
+      written.push(out!.replace("$JOB_COMPLETION_INDEX", "*"));
+    } else {
+      // stats --shard writes <out>/layer<L>.shard<i>-of-<n>.safetensors: one folder for all pods
+      written.push(`${out}/layer*.shard*-of-${job.spec.completions}.safetensors`);
+    }
   }
 
   const [merge] = manifests("merge-job.yaml");
@@ -87,7 +92,7 @@ Deno.test("examples/slurm: the scripts parse, shard with --shard auto and merge 
   for (
     const [f, task, out] of [
       ["eval.sbatch", "eval", "$OUT/eval/shard-*"],
-      ["stats.sbatch", "stats", "$OUT/stats/part-*.safetensors"],
+      ["stats.sbatch", "stats", "$OUT/stats/layer*.shard*-of-*.safetensors"],
     ]
   ) {
     ok(text(f).includes("#SBATCH --array="), f);
