@@ -20,7 +20,8 @@ import { computeStatsShard } from "./stats_shard.ts";
 
 const STATS_USAGE =
   `deno task stats [--model DIR] [--layer L] [--corpus FILE|DIR] [--samples N] [--out FILE] [--json]
-deno task stats --shard i/n|auto|auto/N --out DIR [--model DIR] [--layer L] [--corpus FILE|DIR] [--samples N]
+deno task stats --shard i/n|auto|auto/N --out DIR [--model DIR] [--layer L] [--corpus FILE|DIR]
+                [--samples N] [--json]
 deno task stats --merge FILE... --out FILE [--allow-missing] [--json]
 deno task stats --npz FILE [--model DIR] [--out FILE] [--json]
   Second-moment statistics C = E[k kᵀ] of the MLP keys (the input of mlp.c_proj) at layer L, which ROME's
@@ -39,10 +40,10 @@ deno task stats --npz FILE [--model DIR] [--out FILE] [--json]
   [⌊i·N/n⌋, ⌊(i+1)·N/n⌋) of the N, written to DIR/layer<L>.shard<i>-of-<n>.safetensors (--out names the
   folder all shards share; its header records the model, layer, corpus, range, settings and engine
   version). --shard auto or auto/N takes i and n from a Slurm array, a Kubernetes Indexed Job or
-  ROME_SHARD_INDEX/ROME_SHARD_COUNT. A rerun resumes the shard from its checkpoint (DIR/...safetensors.partial)
-  or finds it finished. --merge adds the shard files into one statistics file (as --out writes; edit --stats
-  FILE reads it), after checking they are shards 0..n-1 of one run, each once; --allow-missing merges without
-  the missing ones, and the file's header lists them.`;
+  ROME_SHARD_INDEX/ROME_SHARD_COUNT. A rerun resumes the shard from its checkpoint (the same name with
+  .partial added) or finds it finished. --merge adds the shard files into one statistics file (as --out
+  writes; edit --stats FILE reads it), after checking they are shards 0..n-1 of one run, each once;
+  --allow-missing merges without the missing ones, and the file's header lists them.`;
 
 export async function cmdStats(args: string[]): Promise<void> {
   // positionals only with --merge, so that every other usage parses (and fails) exactly as before
