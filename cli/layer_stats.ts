@@ -3,7 +3,7 @@
 // The computing itself is rome/stats.ts; this is its files and terminal.
 import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { exists, killPoint, writeFileAtomic } from "../engine/files.ts";
+import { exists, killPoint, readSafetensorsFile, writeFileAtomic } from "../engine/files.ts";
 import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import type { Gpt2Tokenizer } from "../engine/gpt2/tokenizer.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -37,7 +37,7 @@ export const shippedStatsPath = (dir: string, layer: number) => join(dir, shippe
 /** Checkpoints of an interrupted statistics run are saved at most this often. */
 const STATS_CHECKPOINT_SECONDS = 30;
 /** The checkpoint interval; ROME_STATS_CHECKPOINT_SECONDS overrides it (tests/kill_test.ts: 0, every group). */
-function statsCheckpointSeconds(): number {
+export function statsCheckpointSeconds(): number {
   const raw = Deno.env.get("ROME_STATS_CHECKPOINT_SECONDS");
   const s = raw === undefined || raw === "" ? NaN : Number(raw);
   return Number.isFinite(s) && s >= 0 ? s : STATS_CHECKPOINT_SECONDS;
@@ -45,7 +45,7 @@ function statsCheckpointSeconds(): number {
 
 // ---- the corpus and the statistics C
 
-interface Corpus {
+export interface Corpus {
   path: string;
   /** Documents in order (files sorted by name). */
   texts: string[];
@@ -53,7 +53,7 @@ interface Corpus {
   hash: string;
 }
 
-async function readStatsCorpus(path: string): Promise<Corpus> {
+export async function readStatsCorpus(path: string): Promise<Corpus> {
   let files: string[];
   try {
     const st = Deno.statSync(path);
@@ -81,8 +81,40 @@ async function readStatsCorpus(path: string): Promise<Corpus> {
   return { path, texts, hash: await sha16(all) };
 }
 
-function tokenizedCorpus(corpus: Corpus, tokenizer: Gpt2Tokenizer): CorpusDocuments {
+export function tokenizedCorpus(corpus: Corpus, tokenizer: Gpt2Tokenizer): CorpusDocuments {
   return { length: corpus.texts.length, tokens: (i) => tokenizer.encode(corpus.texts[i]) };
+}
+
+/** Documents C is taken over: --samples (which the corpus must hold), else the default or all there are. */
+export function statsSampleCount(corpus: Corpus, o: { samples?: number; defaultSamples?: number }): number {
+  const n = corpus.texts.length;
+  if (o.samples !== undefined && o.samples > n) {
+    throw new UsageError(
+      `--samples must be an integer from 1 to ${n}: '${corpus.path}' holds ${n} documents (got '${o.samples}')`,
+    );
+  }
+  return o.samples ?? Math.min(n, o.defaultSamples ?? n);
+}
+
+/**
+ * `stats --out` replaces the file it names: only a statistics file (one holding 'mom2') or a new path. A
+ * model's weights, a corpus or any other file the user owns is refused before any work starts.
+ */
+export async function statsOutIsFree(out: string): Promise<void> {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(out);
+  } catch {
+    return; // a new file
+  }
+  if (!info.isFile) throw new UsageError(`--out '${out}' is a folder; name the statistics file to write`);
+  let isStats = false;
+  try {
+    isStats = (await readSafetensorsFile(out)).tensors.has("mom2");
+  } catch { /* not a safetensors file */ }
+  if (!isStats) {
+    throw new UsageError(`--out '${out}' exists and is not a statistics file; refusing to overwrite it`);
+  }
 }
 
 /** Where statistics C came from, and the GPU matrix (mom2 / count) the caller disposes. */
@@ -178,9 +210,22 @@ export async function layerStats(
   const seconds = () => (performance.now() - t0) / 1000;
   if (o.file) {
     const bytes = await readBytes(o.file, "statistics file");
-    const { mom2, count, info } = o.file.endsWith(".npz")
-      ? { ...await readReferenceMom2(bytes, o.file), info: {} as Partial<StatsInfo> }
+    const { mom2, count, info, metadata } = o.file.endsWith(".npz")
+      ? { ...await readReferenceMom2(bytes, o.file), info: {} as Partial<StatsInfo>, metadata: {} }
       : decodeSecondMoment(bytes, o.file);
+    // a shard's partial sum is part of C, not C: its cursor alone would call it an unfinished checkpoint
+    if (metadata.kind === "shard") {
+      throw new UsageError(
+        `statistics file '${o.file}' is shard ${metadata.shard} of a sharded run (a partial sum); ` +
+          `merge the shards first: deno task stats --merge FILE... --out FILE`,
+      );
+    }
+    if (metadata.shards_missing && !o.quiet) {
+      console.error(
+        `note: ${o.file} was merged without shard(s) ${metadata.shards_missing} of ${metadata.shards} ` +
+          `(${metadata.documents} of ${metadata.samples} documents)`,
+      );
+    }
     // what the file records about itself must fit this edit (the reference's .npz records nothing)
     if (info.layer !== undefined && info.layer !== o.layer) {
       throw new UsageError(
@@ -214,13 +259,7 @@ export async function layerStats(
   let corpus: Corpus | undefined, samples = 0;
   const readCorpus = async () => {
     corpus = await readStatsCorpus(o.corpus ?? DEFAULT_STATS_CORPUS);
-    const n = corpus.texts.length;
-    if (o.samples !== undefined && o.samples > n) {
-      throw new UsageError(
-        `--samples must be an integer from 1 to ${n}: '${corpus.path}' holds ${n} documents (got '${o.samples}')`,
-      );
-    }
-    samples = o.samples ?? Math.min(n, o.defaultSamples ?? n);
+    samples = statsSampleCount(corpus, o);
     return corpus;
   };
   if (explicit) await readCorpus();

@@ -269,10 +269,16 @@ export interface StatsInfo {
 
 /**
  * Safetensors bytes of statistics: `mom2` F32 [d_ff, d_ff] (the sum Σ k kᵀ, as the reference's
- * `mom2.mom2`) and `count` F64 [1] (tokens), metadata = StatsInfo as strings. A checkpoint of an
- * unfinished run is the same file with cursor < samples.
+ * `mom2.mom2`) and `count` F64 [1] (tokens), metadata = StatsInfo as strings, then `extra` (a shard's or a
+ * merge's record, rome/stats_shards.ts). A checkpoint of an unfinished run is the same file with
+ * cursor < samples.
  */
-export function encodeSecondMoment(mom2: Float32Array, count: number, info: StatsInfo): Uint8Array[] {
+export function encodeSecondMoment(
+  mom2: Float32Array,
+  count: number,
+  info: StatsInfo,
+  extra: Record<string, string> = {},
+): Uint8Array[] {
   const n = Math.round(Math.sqrt(mom2.length));
   if (n * n !== mom2.length) throw new StatsError(`mom2 has ${mom2.length} values, not a square matrix`);
   return serializeSafetensors([
@@ -286,14 +292,18 @@ export function encodeSecondMoment(mom2: Float32Array, count: number, info: Stat
     samples: String(info.samples),
     cursor: String(info.cursor),
     source: info.source,
+    ...extra,
   });
 }
 
-/** Reads statistics written by encodeSecondMoment; throws StatsError naming the file when malformed. */
+/**
+ * Reads statistics written by encodeSecondMoment (`metadata`: all of the header's, `extra` included);
+ * throws StatsError naming the file when malformed.
+ */
 export function decodeSecondMoment(
   bytes: Uint8Array,
   name: string,
-): { mom2: Float32Array; count: number; info: Partial<StatsInfo> } {
+): { mom2: Float32Array; count: number; info: Partial<StatsInfo>; metadata: Record<string, string> } {
   let header;
   try {
     header = parseSafetensorsHeader(bytes, bytes.byteLength, name);
@@ -319,7 +329,7 @@ export function decodeSecondMoment(
     ...(md.cursor ? { cursor: Number(md.cursor) } : {}),
     ...(md.source ? { source: md.source } : {}),
   };
-  return { mom2, count, info };
+  return { mom2, count, info, metadata: md };
 }
 
 /** Documents of a corpus text: separated by lines holding only <|endoftext|>; empty ones dropped. */

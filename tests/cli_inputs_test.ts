@@ -117,6 +117,33 @@ Deno.test("CLI: bad option values are one line naming the valid range, exit code
         /--samples must be an integer from 1 to 40: '.*corpus\.txt' holds 40 documents \(got '41'\)/,
       ],
       [["stats", "--model", model, "--layer", "9"], /layer 9 is out of range: the model has layers 0\.\.2/],
+      // stats --shard / --merge (issue 18): a shard writes into a folder; a merge reads shard files only
+      [
+        ["stats", "--shard", "1/4"],
+        /--shard needs --out DIR, the folder the shards write their partial sums to/,
+      ],
+      [["stats", "--shard", "4/4", "--out", join(dir, "s")], /--shard: a shard is i\/n with 0 ≤ i < n/],
+      [
+        ["stats", "--shard", "0/2", "--out", corpus],
+        /--out '.*' is a file; with --shard it names the folder/,
+      ],
+      [["stats", "--shard", "0/2", "--npz", corpus], /--shard is for computing statistics, not with --npz/],
+      [["stats", "--allow-missing"], /--allow-missing is for --merge/],
+      [["stats", "--merge", "--out", join(dir, "m.safetensors")], /--merge needs the shard files/],
+      [["stats", "--merge", corpus], /--merge needs --out FILE/],
+      [
+        ["stats", "--merge", corpus, "--layer", "1", "--out", join(dir, "m")],
+        /--layer is not used by --merge/,
+      ],
+      [["stats", "--merge", corpus, "--out", corpus], /--out '.*' is one of the shard files/],
+      [
+        ["stats", "--merge", join(dir, "none.safetensors"), "--out", join(dir, "m")],
+        /shard file '.*none\.safetensors' not found/,
+      ],
+      [
+        ["stats", "--merge", corpus, "--out", join(dir, "m")],
+        /'.*corpus\.txt' is not a statistics shard \(not a safetensors file\)/,
+      ],
       // edit
       [["edit", "--layer", "-2"], /--layer must be an integer ≥ 0 or auto \(got '-2'\)/],
       [["edit", "--damping", ""], /--damping must be a finite number ≥ 0 \(got ''\)/],
