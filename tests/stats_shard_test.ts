@@ -10,6 +10,7 @@ import { decodeSecondMoment, encodeSecondMoment } from "../rome/stats.ts";
 import { checkShardSet, readShardHeader, shardRange } from "../rome/stats_shards.ts";
 import { cli, messageLines } from "./lib/cli_process.ts";
 import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, writeTinyModel } from "./lib/fixtures.ts";
+import { concat } from "./lib/util.ts";
 
 const DOCS = 250; // 3 shards of 83, 83 and 84 documents; groups of 100, so the single run's groups differ
 
@@ -264,10 +265,3 @@ Deno.test("stats shards: a shard killed after a checkpoint resumes to the bytes 
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) (out.set(p, at), at += p.byteLength);
-  return out;
-}
