@@ -85,6 +85,58 @@ export function tokenizedCorpus(corpus: Corpus, tokenizer: Gpt2Tokenizer): Corpu
   return { length: corpus.texts.length, tokens: (i) => tokenizer.encode(corpus.texts[i]) };
 }
 
+/** What a statistics file's header says of its run (StatsInfo without the cursor). */
+export function statsInfo(baseHash: string, layer: number, corpus: Corpus, samples: number) {
+  return { model_hash: baseHash, layer, corpus_hash: corpus.hash, samples, source: corpus.path };
+}
+
+/**
+ * The checkpoint of an interrupted run at `partial`, if there is one that `accept` takes (it returns the state
+ * to resume from, or undefined for a checkpoint of another run). An unreadable checkpoint is recomputed, not
+ * trusted.
+ */
+export async function readCheckpoint(
+  partial: string,
+  accept: (r: ReturnType<typeof decodeSecondMoment>) => SecondMomentCheckpoint | undefined,
+): Promise<SecondMomentCheckpoint | undefined> {
+  if (!exists(partial)) return undefined;
+  try {
+    return accept(decodeSecondMoment(await Deno.readFile(partial), partial));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * secondMomentStats' progress and checkpoint callbacks for a run over `total` documents: the bar shows tokens/s
+ * since this process started (after `startTokens` resumed ones); checkpoints go to `partial` (encoded by `enc`)
+ * at most every statsCheckpointSeconds(); the finished state is kept, not written (finalState), since the
+ * caller writes the final file under its own name.
+ */
+export function statsRunCallbacks(
+  bar: Progress,
+  startTokens: number,
+  seconds: () => number,
+  total: number,
+  partial: string,
+  enc: (s: SecondMomentCheckpoint) => Uint8Array[],
+) {
+  let lastSave = performance.now(), final: SecondMomentCheckpoint | undefined;
+  return {
+    onProgress: (docs: number, tokens: number) =>
+      bar.update(docs, `${((tokens - startTokens) / seconds()).toFixed(0)} tok/s`),
+    checkpoint: {
+      due: () => performance.now() - lastSave >= statsCheckpointSeconds() * 1000,
+      save: async (s: SecondMomentCheckpoint) => {
+        lastSave = performance.now();
+        if (s.cursor === total) final = s;
+        else await writeFileAtomic(partial, enc(s));
+      },
+    },
+    finalState: () => final,
+  };
+}
+
 /** Documents C is taken over: --samples (which the corpus must hold), else the default or all there are. */
 export function statsSampleCount(corpus: Corpus, o: { samples?: number; defaultSamples?: number }): number {
   const n = corpus.texts.length;
@@ -310,43 +362,25 @@ export async function layerStats(
   }
   await Deno.mkdir(dir, { recursive: true });
   const partial = path.replace(/\.safetensors$/, ".partial.safetensors");
-  let resume: SecondMomentCheckpoint | undefined;
-  if (exists(partial)) {
-    try {
-      const r = decodeSecondMoment(await Deno.readFile(partial), partial);
-      if (r.info.cursor !== undefined && r.info.cursor <= samples) resume = { ...r, cursor: r.info.cursor };
-    } catch {
-      resume = undefined; // an unreadable checkpoint is recomputed, not trusted
-    }
-  }
-  const info = {
-    model_hash: o.baseHash,
-    layer: o.layer,
-    corpus_hash: c.hash,
-    samples,
-    source: c.path,
-  };
+  const resume = await readCheckpoint(
+    partial,
+    (r) =>
+      r.info.cursor !== undefined && r.info.cursor <= samples ? { ...r, cursor: r.info.cursor } : undefined,
+  );
+  const info = statsInfo(o.baseHash, o.layer, c, samples);
   const bar = new Progress(`statistics C, layer ${o.layer}`, samples, o.quiet);
   const startTokens = resume?.count ?? 0;
-  let lastSave = performance.now(), final: SecondMomentCheckpoint | undefined;
   const enc = (s: SecondMomentCheckpoint) =>
     encodeSecondMoment(s.mom2, s.count, { ...info, cursor: s.cursor });
   if (resume && !o.quiet) console.error(`resuming ${partial} at document ${resume.cursor} of ${samples}`);
+  const calls = statsRunCallbacks(bar, startTokens, seconds, samples, partial, enc);
   const run = await secondMomentStats(model, o.layer, tokenizedCorpus(c, tokenizer), {
     samples,
     resume,
     signal: o.signal,
-    onProgress: (docs, tokens) =>
-      bar.update(docs, `${((tokens - startTokens) / seconds()).toFixed(0)} tok/s`),
-    checkpoint: {
-      due: () => performance.now() - lastSave >= statsCheckpointSeconds() * 1000,
-      save: async (s) => {
-        lastSave = performance.now();
-        if (s.cursor === samples) final = s;
-        else await writeFileAtomic(partial, enc(s));
-      },
-    },
+    ...calls,
   });
+  const final = calls.finalState();
   bar.done();
   await writeFileAtomic(path, enc(final!));
   killPoint("stats:final-written", path);

@@ -70,13 +70,7 @@ export async function cmdStats(args: string[]): Promise<void> {
   if (opts.shard !== undefined) return await statsShard(opts);
   if (opts.out !== undefined) await statsOutIsFree(opts.out as string);
   if (opts.npz !== undefined) return await statsFromNpz(opts);
-  const request = statsRequest(opts);
-  const explicitLayer = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
-  const dir = modelDir(opts);
-  const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
-  const hp = defaultHparams(model.config).hparams;
-  const layer = explicitLayer ?? hp.layers[0];
-  checkLayer(model, layer);
+  const { request, dir, model, tokenizer, hp, layer } = await statsTarget(opts, json);
   // edit's statistics (the hparams' mom2_n_samples by default), so that both find the same cache entry
   const baseHash = baseModelHash(dir, model);
   const s = await editStatistics(model, tokenizer, { dir, baseHash, request, hparams: hp, quiet: json })(
@@ -119,6 +113,21 @@ export async function cmdStats(args: string[]): Promise<void> {
   );
 }
 
+/**
+ * Where C is to come from (checked before any model loads), the model, its ROME hparams and the layer:
+ * --layer, or the hparams' edit layer.
+ */
+async function statsTarget(opts: Record<string, unknown>, quiet: boolean) {
+  const request = statsRequest(opts);
+  const explicitLayer = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
+  const dir = modelDir(opts);
+  const { model, tokenizer } = await loadModel({ ...opts, model: dir }, quiet);
+  const hp = defaultHparams(model.config).hparams;
+  const layer = explicitLayer ?? hp.layers[0];
+  checkLayer(model, layer);
+  return { request, dir, model, tokenizer, hp, layer };
+}
+
 /** `--shard`: one shard's partial sum into the --out folder (cli/stats_shard.ts). */
 async function statsShard(opts: Record<string, unknown>): Promise<void> {
   if (opts.npz !== undefined) throw new UsageError("--shard is for computing statistics, not with --npz");
@@ -131,13 +140,7 @@ async function statsShard(opts: Record<string, unknown>): Promise<void> {
     throw new UsageError(`--out '${outDir}' is a file; with --shard it names the folder the shards share`);
   }
   const json = Boolean(opts.json);
-  const request = statsRequest(opts);
-  const explicitLayer = opts.layer === undefined ? undefined : intOption(opts, "layer", 0);
-  const dir = modelDir(opts);
-  const { model, tokenizer } = await loadModel({ ...opts, model: dir }, json);
-  const hp = defaultHparams(model.config).hparams;
-  const layer = explicitLayer ?? hp.layers[0];
-  checkLayer(model, layer);
+  const { request, dir, model, tokenizer, hp, layer } = await statsTarget(opts, json);
   const r = await computeStatsShard(model, tokenizer, {
     layer,
     baseHash: baseModelHash(dir, model),

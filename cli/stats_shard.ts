@@ -17,8 +17,10 @@ import { currentShardSettings, shardMetadata, shardRange } from "../rome/stats_s
 import { UsageError } from "./args.ts";
 import {
   DEFAULT_STATS_CORPUS,
+  readCheckpoint,
   readStatsCorpus,
-  statsCheckpointSeconds,
+  statsInfo,
+  statsRunCallbacks,
   statsSampleCount,
   tokenizedCorpus,
 } from "./layer_stats.ts";
@@ -116,25 +118,13 @@ export async function computeStatsShard(
     }
   }
 
-  let resume: SecondMomentCheckpoint | undefined;
-  if (exists(partial)) {
-    try {
-      const r = decodeSecondMoment(await Deno.readFile(partial), partial);
-      const cursor = r.info.cursor ?? -1;
-      if (differingField(r.metadata, extra) === undefined && cursor >= start && cursor <= end) {
-        resume = { mom2: r.mom2, count: r.count, cursor: cursor - start };
-      }
-    } catch {
-      resume = undefined; // an unreadable checkpoint is recomputed, not trusted
-    }
-  }
-  const info = {
-    model_hash: o.baseHash,
-    layer: o.layer,
-    corpus_hash: corpus.hash,
-    samples,
-    source: corpus.path,
-  };
+  const resume = await readCheckpoint(partial, (r) => {
+    const cursor = r.info.cursor ?? -1;
+    return differingField(r.metadata, extra) === undefined && cursor >= start && cursor <= end
+      ? { mom2: r.mom2, count: r.count, cursor: cursor - start }
+      : undefined;
+  });
+  const info = statsInfo(o.baseHash, o.layer, corpus, samples);
   const enc = (s: SecondMomentCheckpoint) =>
     encodeSecondMoment(s.mom2, s.count, { ...info, cursor: start + s.cursor }, extra);
   await Deno.mkdir(o.outDir, { recursive: true });
@@ -151,8 +141,7 @@ export async function computeStatsShard(
       end - start,
       o.quiet,
     );
-    const startTokens = resume?.count ?? 0;
-    let lastSave = performance.now();
+    const calls = statsRunCallbacks(bar, resume?.count ?? 0, seconds, end - start, partial, enc);
     const ac = new AbortController();
     const onInt = () => ac.abort();
     Deno.addSignalListener("SIGINT", onInt);
@@ -164,19 +153,12 @@ export async function computeStatsShard(
         {
           resume,
           signal: ac.signal,
-          onProgress: (docs, tokens) =>
-            bar.update(docs, `${((tokens - startTokens) / seconds()).toFixed(0)} tok/s`),
-          checkpoint: {
-            due: () => performance.now() - lastSave >= statsCheckpointSeconds() * 1000,
-            save: async (s) => {
-              lastSave = performance.now();
-              if (s.cursor === end - start) final = s;
-              else await writeFileAtomic(partial, enc(s));
-            },
-          },
+          onProgress: calls.onProgress,
+          checkpoint: calls.checkpoint,
         },
       );
       run.mom2.dispose();
+      final = calls.finalState() ?? final;
     } catch (e) {
       if (e instanceof StatsInterrupted) {
         throw new Error(

@@ -7,7 +7,7 @@ import { deepEqual, equal, match, notEqual, ok } from "node:assert/strict";
 import { join } from "node:path";
 import { encodeSecondMoment } from "../rome/stats.ts";
 import { cli, messageLines, ROOT, run } from "./lib/cli_process.ts";
-import { TINY_CONFIG, tinyCorpusText, tinyVocab, writeTinyModel } from "./lib/fixtures.ts";
+import { sawEditArgs, TINY_CONFIG, tinyCorpusText, tinyVocab, writeTinyModel } from "./lib/fixtures.ts";
 import { concat } from "./lib/util.ts";
 
 const KNOWN_FACTS = join(ROOT, "data/world/known_facts.json");
@@ -331,15 +331,7 @@ Deno.test("CLI: stats --corpus/--samples are honoured over the folder's shipped 
       JSON.stringify({ ...hparams, mom2_adjustment: true }),
     );
     const edit = await cli([
-      "edit",
-      "--model",
-      model,
-      "--prompt",
-      "I saw {}",
-      "--subject",
-      "the cat",
-      "--target",
-      "a",
+      ...sawEditArgs("the cat", "a", "--model", model),
       "--hparams",
       join(dir, "hparams.json"),
       "--max-tokens",

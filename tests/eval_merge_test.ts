@@ -21,17 +21,9 @@ import {
   shardItems,
   summarize,
 } from "../eval/metrics.ts";
+import { SYNTHETIC_RUN } from "./lib/fixtures.ts";
 
-const RUN: RunIdentity = {
-  dataset_kind: "counterfact",
-  dataset_hash: "d",
-  method: "rome",
-  hparams_hash: "h",
-  model_hash: "m",
-  sequential: 1,
-  generation: { max_out_len: 0, top_k: 5, seed: 1, tfidf: "" },
-  engine_version: "0.18.0",
-};
+const RUN: RunIdentity = { ...SYNTHETIC_RUN, engine_version: "0.18.0" };
 
 const IDS = [2, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37];
 

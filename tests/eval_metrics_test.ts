@@ -34,6 +34,7 @@ import {
   TfidfVectorizer,
   wordTokenize,
 } from "../eval/text.ts";
+import { SYNTHETIC_RUN } from "./lib/fixtures.ts";
 
 const close = (a: number, b: number, tol = 1e-12, what = "value") =>
   ok(Math.abs(a - b) <= tol, `${what}: ${a} vs ${b} (tol ${tol})`);
@@ -178,14 +179,8 @@ Deno.test("harmonic mean: scipy's hmean, 0 with a zero, NaN for negatives", () =
 });
 
 const RUN: RunIdentity = {
-  dataset_kind: "counterfact",
-  dataset_hash: "d",
-  method: "rome",
-  hparams_hash: "h",
-  model_hash: "m",
-  sequential: 1,
+  ...SYNTHETIC_RUN,
   generation: { max_out_len: 100, top_k: 5, seed: 1, tfidf: "fit:x" },
-  engine_version: "test",
 };
 
 const nll = (n: number, t: number): TargetNll => ({ target_new: n, target_true: t });

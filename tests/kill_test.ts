@@ -17,6 +17,7 @@ import { decodeSecondMoment } from "../rome/stats.ts";
 import { CLI, SHARED_CACHES } from "./lib/cli_process.ts";
 import {
   EDIT_CONFIG,
+  layerOneStatsArgs,
   QUICK_ROME_HPARAMS,
   quickEditArgs,
   sensitiveWeights,
@@ -243,13 +244,7 @@ Deno.test("kill: stats --out killed at its checkpoints, its file and its copy re
     const env = { XDG_CACHE_HOME: join(dir, "cache"), ROME_STATS_CHECKPOINT_SECONDS: "0" };
     // without --json: a resumed run says so on stderr ("resuming ... at document N of 350")
     const stats = (out: string, json = false) => [
-      "stats",
-      "--model",
-      model,
-      "--layer",
-      "1",
-      "--corpus",
-      corpus,
+      ...layerOneStatsArgs(model, corpus),
       "--samples",
       String(DOCS),
       ...(json ? ["--json"] : []),

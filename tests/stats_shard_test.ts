@@ -9,7 +9,14 @@ import { exists } from "../engine/files.ts";
 import { decodeSecondMoment, encodeSecondMoment } from "../rome/stats.ts";
 import { checkShardSet, readShardHeader, shardRange } from "../rome/stats_shards.ts";
 import { cli, messageLines } from "./lib/cli_process.ts";
-import { QUICK_ROME_HPARAMS, TINY_CONFIG, tinyCorpusText, writeTinyModel } from "./lib/fixtures.ts";
+import {
+  layerOneStatsArgs,
+  QUICK_ROME_HPARAMS,
+  sawEditArgs,
+  TINY_CONFIG,
+  tinyCorpusText,
+  writeTinyModel,
+} from "./lib/fixtures.ts";
 import { concat } from "./lib/util.ts";
 
 const DOCS = 250; // 3 shards of 83, 83 and 84 documents; groups of 100, so the single run's groups differ
@@ -109,17 +116,7 @@ Deno.test("stats shards: 3 shards merged are the single run's C, edit --stats gi
 
     // (b) the same edit with either file
     const edit = (stats: string) => [
-      "edit",
-      "--model",
-      model,
-      "--prompt",
-      "I saw {}",
-      "--subject",
-      "Eiffel Tower",
-      "--target",
-      "the",
-      "--target-true",
-      "a",
+      ...sawEditArgs("Eiffel Tower", "the", "--target-true", "a", "--model", model),
       "--hparams",
       join(dir, "hparams.json"),
       "--max-tokens",
@@ -233,13 +230,7 @@ Deno.test("stats shards: a shard killed after a checkpoint resumes to the bytes 
   try {
     // shard 0/2 is documents [0, 125): a checkpoint after the group of 100, the file at 125
     const shard = (out: string) => [
-      "stats",
-      "--model",
-      model,
-      "--layer",
-      "1",
-      "--corpus",
-      corpus,
+      ...layerOneStatsArgs(model, corpus),
       "--shard",
       "0/2",
       "--out",

@@ -8,6 +8,7 @@ import { buildGpt2 } from "../../engine/gpt2/load.ts";
 import { f32ArrayToF16, type StTensorInput } from "../../engine/safetensors.ts";
 import { expectedWeightShapes, type Gpt2Model } from "../../engine/gpt2/model.ts";
 import type { CounterFactRecord } from "../../eval/datasets.ts";
+import type { RunIdentity } from "../../eval/metrics.ts";
 import { randomGpt2Weights } from "./gpt2_reference.ts";
 
 /** GPT-2's byte → printable character table (the vocabulary's alphabet). */
@@ -199,18 +200,18 @@ export function tinyCorpusText(docs: number, salt = ""): string {
   ).join("\n<|endoftext|>\n") + "\n<|endoftext|>\n";
 }
 
+/** `edit` of a request on the tiny fixtures' prompt "I saw {}" (SUBJECT → TARGET), then `rest`. */
+export function sawEditArgs(subject: string, target: string, ...rest: string[]): string[] {
+  return ["edit", "--prompt", "I saw {}", "--subject", subject, "--target", target, ...rest];
+}
+
 /**
  * `edit` of the quick CLI tests' request ("I saw {}": Eiffel Tower → the, true: a), with statistics over
  * CORPUS and HPARAMS (QUICK_ROME_HPARAMS written out), and 2 tokens of generation.
  */
 export function quickEditArgs(corpus: string, hparams: string): string[] {
-  return [
-    "edit",
-    "--prompt",
-    "I saw {}",
-    "--subject",
+  return sawEditArgs(
     "Eiffel Tower",
-    "--target",
     "the",
     "--target-true",
     "a",
@@ -220,7 +221,12 @@ export function quickEditArgs(corpus: string, hparams: string): string[] {
     hparams,
     "--max-tokens",
     "2",
-  ];
+  );
+}
+
+/** `stats` of layer 1 of MODEL over CORPUS, then `rest`. */
+export function layerOneStatsArgs(model: string, corpus: string, ...rest: string[]): string[] {
+  return ["stats", "--model", model, "--layer", "1", "--corpus", corpus, ...rest];
 }
 
 /** Fewer templates and steps than the reference: the CLI plumbing is under test here, not v*. */
@@ -261,4 +267,16 @@ export const ZSRE_RIVER = {
   answers: ["on the mat"],
   loc: "nq question: who sat on the mat",
   loc_ans: "the cat",
+};
+
+/** A run identity for synthetic case results (the merge and summary tests): ROME on CounterFact, no generation. */
+export const SYNTHETIC_RUN: RunIdentity = {
+  dataset_kind: "counterfact",
+  dataset_hash: "d",
+  method: "rome",
+  hparams_hash: "h",
+  model_hash: "m",
+  sequential: 1,
+  generation: { max_out_len: 0, top_k: 5, seed: 1, tfidf: "" },
+  engine_version: "test",
 };
