@@ -80,7 +80,7 @@ Deno.test("examples/kubernetes: Indexed Jobs shard with auto/N = completions and
   for (const f of ["volume.yaml", "eval-indexed-job.yaml", "stats-indexed-job.yaml", "merge-job.yaml"]) {
     ok(run.includes(f), `run.sh applies ${f}`);
   }
-  ok(/wait --for=condition=complete[^\n]*job\/rome-eval job\/rome-stats/.test(run), "run.sh waits for both");
+  ok(/\nwait_jobs rome-eval rome-stats\n/.test(run), "run.sh waits for both Indexed Jobs before the merge");
 });
 
 Deno.test("examples/slurm: the scripts parse, shard with --shard auto and merge what the arrays write", async () => {
@@ -103,4 +103,50 @@ Deno.test("examples/slurm: the scripts parse, shard with --shard auto and merge 
     /--dependency=afterok:\$eval_job:\$stats_job/.test(text("submit.sh")),
     "the merge waits for both arrays",
   );
+});
+
+Deno.test("examples/kubernetes/run.sh: the merge runs after both Jobs complete, and a failed Job stops it at once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "k8s-run-" });
+  try {
+    // A stand-in kubectl: logs its calls, answers `get job/NAME` with the state in $STATES/NAME.
+    await Deno.writeTextFile(
+      join(dir, "kubectl"),
+      `#!/bin/bash
+echo "$*" >> "$STATES/calls"
+if [ "$1" = get ]; then cat "$STATES/\${2#job/}"; fi
+`,
+    );
+    await Deno.chmod(join(dir, "kubectl"), 0o755);
+    const run = async (states: Record<string, string>) => {
+      for (const [job, state] of Object.entries(states)) await Deno.writeTextFile(join(dir, job), state);
+      await Deno.remove(join(dir, "calls")).catch(() => {});
+      const r = await new Deno.Command("bash", {
+        args: [join(K8S, "run.sh")],
+        env: { PATH: `${dir}:${Deno.env.get("PATH")}`, STATES: dir },
+        stderr: "piped",
+      }).output();
+      return {
+        code: r.code,
+        err: new TextDecoder().decode(r.stderr),
+        calls: await Deno.readTextFile(join(dir, "calls")),
+      };
+    };
+    const done = await run({
+      "rome-eval": "Complete ",
+      "rome-stats": "Complete ",
+      "rome-merge": "Complete ",
+    });
+    equal(done.code, 0, done.err);
+    ok(/apply -f \S+merge-job\.yaml/.test(done.calls), "the merge is applied");
+    const failed = await run({
+      "rome-eval": "Complete ",
+      "rome-stats": "Failed ",
+      "rome-merge": "Complete ",
+    });
+    equal(failed.code, 1);
+    ok(/job rome-stats failed/.test(failed.err), failed.err);
+    ok(!/merge-job\.yaml/.test(failed.calls), "no merge after a failed Job");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
