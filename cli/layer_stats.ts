@@ -249,6 +249,26 @@ export function refuseStatsOptions(opts: Record<string, unknown>, why: string, a
 }
 
 /**
+ * A statistics file given to an edit must hold all of C: a shard's partial sum is refused (its cursor alone
+ * would call it an unfinished checkpoint), and a merge made with --allow-missing is used with a note saying
+ * which shards it lacks, wherever it comes from (--stats, or copied into a model folder).
+ */
+function checkWholeStats(path: string, metadata: Record<string, string>, quiet?: boolean): void {
+  if (metadata.kind === "shard") {
+    throw new UsageError(
+      `statistics file '${path}' is shard ${metadata.shard} of a sharded run (a partial sum); ` +
+        `merge the shards first: deno task stats --merge FILE... --out FILE`,
+    );
+  }
+  if (metadata.shards_missing && !quiet) {
+    console.error(
+      `note: ${path} was merged without shard(s) ${metadata.shards_missing} of ${metadata.shards} ` +
+        `(${metadata.documents} of ${metadata.samples} documents)`,
+    );
+  }
+}
+
+/**
  * C at a layer: an explicit --stats/--npz file, else the folder's shipped `stats/layer<L>.safetensors`,
  * else the cache (model hash, layer, corpus hash, samples), else computed now over the corpus on the GPU
  * (progress bar, checkpoints every 30 s, resumable after an interruption) and cached.
@@ -265,19 +285,7 @@ export async function layerStats(
     const { mom2, count, info, metadata } = o.file.endsWith(".npz")
       ? { ...await readReferenceMom2(bytes, o.file), info: {} as Partial<StatsInfo>, metadata: {} }
       : decodeSecondMoment(bytes, o.file);
-    // a shard's partial sum is part of C, not C: its cursor alone would call it an unfinished checkpoint
-    if (metadata.kind === "shard") {
-      throw new UsageError(
-        `statistics file '${o.file}' is shard ${metadata.shard} of a sharded run (a partial sum); ` +
-          `merge the shards first: deno task stats --merge FILE... --out FILE`,
-      );
-    }
-    if (metadata.shards_missing && !o.quiet) {
-      console.error(
-        `note: ${o.file} was merged without shard(s) ${metadata.shards_missing} of ${metadata.shards} ` +
-          `(${metadata.documents} of ${metadata.samples} documents)`,
-      );
-    }
+    checkWholeStats(o.file, metadata, o.quiet);
     // what the file records about itself must fit this edit (the reference's .npz records nothing)
     if (info.layer !== undefined && info.layer !== o.layer) {
       throw new UsageError(
@@ -317,10 +325,11 @@ export async function layerStats(
   if (explicit) await readCorpus();
   const shipped = shippedStatsPath(o.dir, o.layer);
   if (exists(shipped)) {
-    const { mom2, count, info } = decodeSecondMoment(await Deno.readFile(shipped), shipped);
+    const { mom2, count, info, metadata } = decodeSecondMoment(await Deno.readFile(shipped), shipped);
     const fits = statsFitModel(info, o.layer, o.baseHash);
     const asked = !explicit || (info.corpus_hash === corpus!.hash && info.samples === samples);
     if (fits && asked) {
+      checkWholeStats(shipped, metadata, o.quiet);
       const C = await uploadSecondMoment(model, mom2, count, shipped);
       const id = info.corpus_hash ? statsCacheName(o.layer, info.corpus_hash, info.samples ?? 0) : shipped;
       return {

@@ -220,6 +220,24 @@ Deno.test("stats shards: 3 shards merged are the single run's C, edit --stats gi
       "1",
       "167",
     ]);
+    // copied into the model folder as its shipped statistics, the partial merge is used with the same note
+    await Deno.mkdir(join(model, "stats"), { recursive: true });
+    await Deno.copyFile(out, join(model, "stats", "layer1.safetensors"));
+    const edited = await ok0(
+      [
+        ...sawEditArgs("Eiffel Tower", "the", "--model", model),
+        "--hparams",
+        join(dir, "hparams.json"),
+        "--max-tokens",
+        "0",
+      ],
+      env,
+    );
+    match(
+      edited.err,
+      /note: .*layer1\.safetensors was merged without shard\(s\) 1 of 3 \(167 of 250 documents\)/,
+    );
+    await Deno.remove(join(model, "stats"), { recursive: true });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
