@@ -12,6 +12,7 @@
 // a failed run are kept (the jobs' logs in <out>/logs).
 import { parseArgs } from "node:util";
 import { join } from "node:path";
+import { exists } from "../engine/files.ts";
 import { quietMesa } from "../engine/host.ts";
 import { decodeSecondMoment } from "../rome/stats.ts";
 
@@ -143,9 +144,14 @@ async function startCluster(dir: string): Promise<Cluster> {
         conf,
         dir,
         async stop() {
-          for (const pid of ["slurmd.pid", "slurmctld.pid"]) {
+          for (const file of ["slurmd.pid", "slurmctld.pid"]) {
             try {
-              Deno.kill(Number(await Deno.readTextFile(join(dir, pid))), "SIGTERM");
+              const pid = Number(await Deno.readTextFile(join(dir, file)));
+              Deno.kill(pid, "SIGTERM");
+              // slurmctld saves its state as it exits: wait, so that the folder can then be removed whole
+              for (let i = 0; i < 100 && exists(`/proc/${pid}`); i++) {
+                await new Promise((r) => setTimeout(r, 100));
+              }
             } catch { /* already gone */ }
           }
         },
