@@ -42,7 +42,7 @@ function gpt2Tokenizer(): Gpt2Tokenizer {
 }
 
 /** C_ij = ρ^|i−j| + μ_i μ_j: symmetric positive definite, with the correlated structure keys have. */
-function randomSecondMoment(n: number, rho = 0.9): Float32Array {
+export function randomSecondMoment(n: number, rho = 0.9): Float32Array {
   const mu = Float64Array.from({ length: n }, (_, i) => 0.3 + 0.2 * Math.sin(i));
   const c = new Float32Array(n * n);
   for (let i = 0; i < n; i++) {

@@ -22,7 +22,7 @@ interface KindTiming {
   cells: number;
 }
 
-async function timeKinds(
+export async function timeKinds(
   model: Gpt2Model,
   kinds: readonly TraceKind[],
   strategy: "batched" | "naive",
