@@ -277,15 +277,17 @@ export async function cmdTrainDemo(args: string[]): Promise<void> {
   await cmdFacts(["--model", `${out}/model`]);
 }
 
-const FACTS_USAGE = `deno task facts [--model DIR] [--world DIR] [--json]
+const FACTS_USAGE = `deno task facts [--model DIR] [--world DIR] [--phrasings] [--json]
   How many facts of the facts world the model knows: top-1 next token = the true object, over every fact (first
   training phrasing of its relation), over the CounterFact rewrite prompts, and over phrasings the model never
-  saw: every fact in each of its relation's held-out phrasings, and the CounterFact paraphrase prompts.`;
+  saw: every fact in each of its relation's held-out phrasings, and the CounterFact paraphrase prompts.
+  --phrasings: recall per held-out phrasing, and how its misses went (another object of the relation, or
+  another word); --json always has it.`;
 
 export async function cmdFacts(args: string[]): Promise<void> {
   const opts = parse(
     args,
-    { ...MODEL_OPTION, world: { type: "string" }, json: { type: "boolean" } },
+    { ...MODEL_OPTION, world: { type: "string" }, phrasings: { type: "boolean" }, json: { type: "boolean" } },
     FACTS_USAGE,
   );
   const world = (opts.world as string | undefined) ?? WORLD_DIR;
@@ -320,4 +322,13 @@ export async function cmdFacts(args: string[]): Promise<void> {
   console.log(`CounterFact rewrite prompts (true object top-1): ${pct(rewrite.accuracy)} of ${rewrite.n}`);
   console.log(`held-out phrasings of every fact: ${pct(held.accuracy)} of ${held.n}`);
   console.log(`CounterFact paraphrase prompts: ${pct(para.accuracy)} of ${para.n}`);
+  if (!opts.phrasings) return;
+  console.log("held-out phrasings, one by one (a miss: another object of the relation, or another word):");
+  for (const p of held.by_phrasing) {
+    const others = p.other_answers.map((o) => `${JSON.stringify(o.token)} ×${o.n}`).join(", ");
+    console.log(
+      `  ${p.relation_id} ${JSON.stringify(p.phrasing)}: ${pct(p.accuracy)} of ${p.n}; ` +
+        `other object ${pct(p.same_relation_miss)}${others ? `; other words: ${others}` : ""}`,
+    );
+  }
 }

@@ -60,6 +60,22 @@ export interface WorldKnowledgeInput {
   }[];
 }
 
+/**
+ * One held-out phrasing's recall. A miss is either another object of the same relation (the relation was
+ * read, the subject's value was not: a recall failure) or some other word (the phrasing did not lead to an
+ * object at all: often a function word, as "the" after "lies in").
+ */
+export interface PhrasingRecall {
+  relation_id: string;
+  phrasing: string;
+  n: number;
+  accuracy: number;
+  /** Share of the probes answered with another object of this relation. */
+  same_relation_miss: number;
+  /** The most frequent other answers (not objects of this relation), most frequent first. */
+  other_answers: { token: string; n: number }[];
+}
+
 /** How much of a facts world a model knows (`deno task facts`): shares of top-1 correct probes. */
 export interface WorldKnowledge {
   /** Every fact in its relation's first training phrasing, overall and per relation (with held-out phrasings). */
@@ -69,8 +85,11 @@ export interface WorldKnowledge {
     by_relation: Record<string, { n: number; accuracy: number; held_out_accuracy: number }>;
   };
   rewrite_prompts: { n: number; accuracy: number };
-  /** Every fact in each of its relation's held-out phrasings (never in the training corpus). */
-  held_out_phrasings: { n: number; accuracy: number };
+  /**
+   * Every fact in each of its relation's held-out phrasings (never in the training corpus), overall and per
+   * phrasing, with how the misses went wrong.
+   */
+  held_out_phrasings: { n: number; accuracy: number; by_phrasing: PhrasingRecall[] };
   paraphrase_prompts: { n: number; accuracy: number };
 }
 
@@ -94,6 +113,7 @@ export async function worldKnowledge(
   const heldOut = facts.facts.flatMap((f) =>
     (relations.get(f.relation_id)!.held_out ?? []).map((t) => ({
       relation: f.relation_id,
+      phrasing: t,
       probe: { prompt: t.replace("{}", f.subject), target: f.object },
     }))
   );
@@ -130,7 +150,49 @@ export async function worldKnowledge(
   return {
     facts: { n: factProbes.length, accuracy: results[0].accuracy, by_relation: byRelation },
     rewrite_prompts: { n: rewriteProbes.length, accuracy: results[1].accuracy },
-    held_out_phrasings: { n: heldOutProbes.length, accuracy: results[2].accuracy },
+    held_out_phrasings: {
+      n: heldOutProbes.length,
+      accuracy: results[2].accuracy,
+      by_phrasing: phrasingRecall(facts.facts, heldOut, results[2], tokenizer),
+    },
     paraphrase_prompts: { n: paraphraseProbes.length, accuracy: results[3].accuracy },
   };
+}
+
+/** Held-out probes grouped by phrasing, in first-seen order, with their misses classified. */
+export function phrasingRecall(
+  facts: WorldKnowledgeInput["facts"]["facts"],
+  heldOut: { relation: string; phrasing: string }[],
+  result: ProbeResult,
+  tokenizer: Gpt2Tokenizer,
+): PhrasingRecall[] {
+  const objects = new Map<string, Set<string>>();
+  for (const f of facts) {
+    if (!objects.has(f.relation_id)) objects.set(f.relation_id, new Set());
+    objects.get(f.relation_id)!.add(f.object);
+  }
+  const groups = new Map<
+    string,
+    { rel: string; phrasing: string; n: number; ok: number; same: number; other: Map<string, number> }
+  >();
+  heldOut.forEach((h, i) => {
+    const key = `${h.relation}\u0000${h.phrasing}`;
+    const g = groups.get(key) ??
+      { rel: h.relation, phrasing: h.phrasing, n: 0, ok: 0, same: 0, other: new Map() };
+    groups.set(key, g);
+    g.n++;
+    if (result.correct[i]) return void g.ok++;
+    const answer = tokenizer.decode([result.predicted[i]]).trim();
+    if (objects.get(h.relation)?.has(answer)) g.same++;
+    else g.other.set(answer, (g.other.get(answer) ?? 0) + 1);
+  });
+  return [...groups.values()].map((g) => ({
+    relation_id: g.rel,
+    phrasing: g.phrasing,
+    n: g.n,
+    accuracy: g.ok / g.n,
+    same_relation_miss: g.same / g.n,
+    other_answers: [...g.other].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, 3)
+      .map(([token, n]) => ({ token, n })),
+  }));
 }
