@@ -13,6 +13,7 @@ import {
   runKey,
   shardItems,
 } from "./metrics.ts";
+import { shardsByIndex } from "../engine/shards.ts";
 
 /** What one sharded (or whole, 0 of 1) run writes beside its case files before computing them. */
 export interface ShardManifest {
@@ -231,18 +232,16 @@ function mergeRun(p: RunParts, o: MergeOptions): MergedRun {
       } the first ${otherRecords.m.records}`,
     );
   }
-  const byIndex = new Map<number, { dir: string; m: ShardManifest }>();
-  for (const x of p.manifests) {
-    const prev = byIndex.get(x.m.shard.index);
-    if (prev) {
-      throw new MergeError(
-        `shard ${x.m.shard.index}/${x.m.shard.count} of ${name} is in two folders: ${prev.dir} and ${x.dir}`,
-      );
-    }
-    byIndex.set(x.m.shard.index, x);
-  }
   const count = first.m.shard.count;
-  const missingShards = Array.from({ length: count }, (_, i) => i).filter((i) => !byIndex.has(i));
+  const { byIndex, missing: missingShards } = shardsByIndex(
+    p.manifests,
+    (x) => x.m.shard.index,
+    count,
+    (prev, x) =>
+      new MergeError(
+        `shard ${x.m.shard.index}/${x.m.shard.count} of ${name} is in two folders: ${prev.dir} and ${x.dir}`,
+      ),
+  );
   if (missingShards.length > 0 && !o.allowMissing) {
     throw new MergeError(
       `${name}: shard${missingShards.length > 1 ? "s" : ""} ${list(missingShards)} of ${count} missing ` +

@@ -7,6 +7,7 @@
 // Runtime-neutral: headers are string maps (safetensors metadata); the CLI reads and writes the files.
 import { ENGINE_VERSION } from "../engine/version.ts";
 import { StatsError } from "./stats.ts";
+import { shardsByIndex } from "../engine/shards.ts";
 
 /** What a shard's sums depend on besides its range: every shard of one merge agrees on all of it. */
 export interface ShardSettings {
@@ -151,17 +152,15 @@ export function checkShardSet(headers: ShardHeader[], allowMissing: boolean): Sh
       );
     }
   }
-  const byIndex = new Map<number, ShardHeader>();
-  for (const h of headers) {
-    const seen = byIndex.get(h.index);
-    if (seen) {
-      throw new StatsError(
+  const { byIndex, missing } = shardsByIndex(
+    headers,
+    (h) => h.index,
+    first.count,
+    (seen, h) =>
+      new StatsError(
         `'${seen.name}' and '${h.name}' are both shard ${h.index}/${h.count} (documents [${h.start}, ${h.end}))`,
-      );
-    }
-    byIndex.set(h.index, h);
-  }
-  const missing = Array.from({ length: first.count }, (_, i) => i).filter((i) => !byIndex.has(i));
+      ),
+  );
   if (missing.length > 0 && !allowMissing) {
     throw new StatsError(
       `shard${missing.length > 1 ? "s" : ""} ${missing.join(", ")} of ${first.count} ${
