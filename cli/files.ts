@@ -1,5 +1,5 @@
 // Reading the files a command is given (a missing one is the caller's mistake, exit code 2; any other
-// failure to read it is not) and the short content hash that identifies one.
+// failure to read it is not).
 import { UsageError } from "./args.ts";
 
 export function isFile(path: string): boolean {
@@ -32,11 +32,4 @@ export async function readJsonFile(path: string, what: string): Promise<unknown>
   } catch (e) {
     throw new UsageError(`${what} '${path}': invalid JSON (${(e as Error).message})`);
   }
-}
-
-/** First 16 hex digits of the SHA-256 of bytes or text. */
-export async function sha16(data: Uint8Array | string): Promise<string> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : new Uint8Array(data);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -27,7 +27,8 @@ import {
 } from "../rome/stats.ts";
 import { intOption, UsageError } from "./args.ts";
 import { romeCacheDir } from "./cache.ts";
-import { isFile, readBytes, sha16 } from "./files.ts";
+import { sha16 } from "../engine/digest.ts";
+import { isFile, readBytes } from "./files.ts";
 import { Progress } from "./progress.ts";
 
 /** Text the statistics C are taken over unless --corpus says otherwise: the bundled model's training corpus. */

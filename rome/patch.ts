@@ -16,6 +16,7 @@ import type { Gpt2Model } from "../engine/gpt2/model.ts";
 import { ContentHash } from "../engine/gpt2/load.ts";
 import { parseSafetensorsHeader, readTensorRaw, serializeSafetensors } from "../engine/safetensors.ts";
 import { InputError } from "../engine/errors.ts";
+import { sha16 } from "../engine/digest.ts";
 
 export const PATCH_FORMAT = "rome-webgpu-patch";
 export const PATCH_VERSION = 1;
@@ -140,8 +141,7 @@ export async function patchId(
   const buf = new Uint8Array(head.byteLength + xor.byteLength);
   buf.set(head);
   buf.set(new Uint8Array(xor.buffer, xor.byteOffset, xor.byteLength), head.byteLength);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", buf));
-  return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
+  return await sha16(buf);
 }
 
 const STRUCTURED = ["request", "hparams", "pre", "post"] as const;
