@@ -50,6 +50,12 @@ async function sh(cmd: string[], env: Record<string, string> = {}, check = true)
   return { code: r.code, out, err };
 }
 
+/** The WebGPU adapter the jobs run on (this machine's: the cluster is this one node), as `deno task info` says. */
+async function adapterName(): Promise<string> {
+  const info = JSON.parse((await denoTask(["info", "--json"])).out);
+  return info.description ?? "unknown";
+}
+
 const has = async (tool: string) => (await sh(["sh", "-c", `command -v ${tool}`], {}, false)).code === 0;
 
 // ---------------------------------------------------------------------------------------- the cluster
@@ -187,7 +193,7 @@ async function waitForJobs(ids: string[], env: Record<string, string>): Promise<
 // ---------------------------------------------------------------------------------------- comparisons
 
 const denoTask = (args: string[], env: Record<string, string> = {}) =>
-  sh([...DENO, "task", ...args], { ...Object.fromEntries(Object.entries(Deno.env.toObject())), ...env });
+  sh([...DENO, "task", ...args], { ...Deno.env.toObject(), ...env });
 
 /** case_<id>.json of a folder without its timings (the only part of a case that depends on the run). */
 async function caseFiles(dirs: string[]): Promise<Map<number, string>> {
@@ -308,7 +314,7 @@ try {
   const editDiff = Math.max(...pa.map((x, i) => Math.abs(x - pb[i])));
 
   const result = {
-    adapter: "lavapipe / this machine's WebGPU (see deno task info)",
+    adapter: await adapterName(),
     tasks: TASKS,
     records: LIMIT,
     method: opt.method,
@@ -323,7 +329,7 @@ try {
   if (opt.json) console.log(JSON.stringify(result));
   else {
     console.log(
-      `bench/slurm on ${await sh(["hostname"]).then((r) =>
+      `bench/slurm on ${result.adapter}, host ${await sh(["hostname"]).then((r) =>
         r.out.trim()
       )}: ${TASKS}-task arrays, ${LIMIT} records (${opt.method})`,
     );
