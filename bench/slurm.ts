@@ -84,12 +84,13 @@ async function installSlurm(): Promise<void> {
   });
 }
 
-/** munged as the munge user (it refuses root), once per machine. */
-async function startMunge(): Promise<void> {
-  if ((await sh(["sh", "-c", "munge -n | unmunge"], {}, false)).code === 0) return;
+/** munged as the munge user (it refuses root), unless one runs already; true when this bench started it. */
+async function startMunge(): Promise<boolean> {
+  if ((await sh(["sh", "-c", "munge -n | unmunge"], {}, false)).code === 0) return false;
   await Deno.mkdir("/run/munge", { recursive: true });
   await sh(["chown", "munge:munge", "/run/munge"]);
   await sh(["su", "-s", "/bin/sh", "munge", "-c", "munged"]);
+  return true;
 }
 
 interface Cluster {
@@ -260,7 +261,7 @@ await denoTask(["stats", "--out", join(single, "stats.safetensors"), "--json"], 
 const singleSeconds = (performance.now() - t0) / 1000;
 
 await installSlurm();
-await startMunge();
+const startedMunge = await startMunge();
 const cluster = await startCluster(join(work, "slurm"));
 let passed = true;
 try {
@@ -363,7 +364,11 @@ try {
   passed = false;
   throw e;
 } finally {
-  if (!opt.keep) await cluster.stop();
+  if (!opt.keep) {
+    await cluster.stop();
+    // a munged that ran before the bench is the machine's; one the bench started goes with the cluster
+    if (startedMunge) await sh(["pkill", "-x", "munged"], {}, false);
+  }
   // A failed run keeps its files (the jobs' logs are in <out>/logs) to be looked at.
   if (!opt.keep && passed) await Deno.remove(work, { recursive: true }).catch(() => {});
   else console.error(`kept: ${work}${opt.keep ? ` (cluster running: SLURM_CONF=${cluster.conf})` : ""}`);
